@@ -1,0 +1,37 @@
+# Two entry points: `make demo` and `make test`. Both create .venv on first use.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+TORCH  := torch==2.13.0
+CONSTRAINTS := $(VENV)/constraints.txt
+EXTRAS ?= test,dense,skyrl
+
+.PHONY: demo test lint format bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# torch first (the machine's local CPU build), then everything else with torch pinned.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q $(TORCH)
+	echo "$(TORCH)" > $(CONSTRAINTS)
+	$(BIN)/pip install -q -c $(CONSTRAINTS) -e ".[$(EXTRAS)]"
+	touch $@
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+format: $(VENV)/.installed
+	$(BIN)/ruff check --fix src tests bench
+	$(BIN)/ruff format src tests bench
+
+test: lint
+	$(BIN)/pytest -q
+
+demo: $(VENV)/.installed
+	$(BIN)/python -m at2po.cli.main demo
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Environments and tools: search QA, synthetic worlds, retrievers, rewards, datasets."""
