@@ -35,3 +35,19 @@ demo: $(VENV)/.installed
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
+
+# verl parity checks: verl pins numpy<2 / transformers<5.11, so it gets its own environment.
+VERL_VENV := .venv-verl
+VERL_BIN  := $(VERL_VENV)/bin
+
+$(VERL_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VERL_VENV)
+	$(VERL_BIN)/pip install -q --upgrade pip
+	$(VERL_BIN)/pip install -q $(TORCH)
+	echo "$(TORCH)" > $(VERL_VENV)/constraints.txt
+	$(VERL_BIN)/pip install -q -c $(VERL_VENV)/constraints.txt verl -e ".[test]"
+	touch $@
+
+.PHONY: test-verl
+test-verl: $(VERL_VENV)/.installed
+	$(VERL_BIN)/pytest -q -m verl tests/core/test_verl_parity.py

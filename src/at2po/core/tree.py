@@ -25,7 +25,7 @@ import json
 import random
 from collections import deque
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 FINISH_REASONS = ("tool_call", "answer", "eos", "length", "error")
 """Why a turn ended: a tool call, a final answer, end of sequence, the token budget, or a fault."""
@@ -47,6 +47,7 @@ class Node:
         finish: why the turn ended, one of :data:`FINISH_REASONS` (``None`` for the root or while
             the turn is still being generated).
         reward: outcome reward of a finished trajectory (leaves only).
+        scores: named sub-scores of that reward, for logging (leaves only; e.g. ``em``, ``f1``).
     """
 
     id: int
@@ -57,6 +58,7 @@ class Node:
     entropy: float = 0.0
     finish: str | None = None
     reward: float | None = None
+    scores: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if len(self.act_ids) != len(self.act_logprobs):
@@ -110,10 +112,14 @@ class TurnTree:
         entropy when the node has not sampled anything yet, as the reference rollout does).
         """
         if not 0 <= parent < len(self.nodes):
-            raise IndexError(f"parent {parent} is not a node of this tree ({len(self.nodes)} nodes)")
+            raise IndexError(
+                f"parent {parent} is not a node of this tree ({len(self.nodes)} nodes)"
+            )
         if entropy is None:
             entropy = (
-                -sum(act_logprobs) / len(act_logprobs) if act_logprobs else self.nodes[parent].entropy
+                -sum(act_logprobs) / len(act_logprobs)
+                if act_logprobs
+                else self.nodes[parent].entropy
             )
         node = Node(
             id=len(self.nodes),
@@ -147,7 +153,7 @@ class TurnTree:
         return node_id != ROOT and not self.children(node_id)
 
     def bfs(self, start: int = ROOT) -> list[int]:
-        """Node ids of the subtree of ``start`` in breadth-first order (children in creation order)."""
+        """Ids of the subtree of ``start``, breadth-first (children in creation order)."""
         order, queue = [], deque([start])
         while queue:
             node_id = queue.popleft()
@@ -218,7 +224,10 @@ class TurnTree:
         return isinstance(other, TurnTree) and self.to_dict() == other.to_dict()
 
     def __repr__(self) -> str:
-        return f"TurnTree(prompt={len(self.prompt_ids)} tokens, nodes={len(self)}, leaves={len(self.leaves())})"
+        n_leaves = len(self.leaves())
+        return (
+            f"TurnTree(prompt={len(self.prompt_ids)} tokens, nodes={len(self)}, leaves={n_leaves})"
+        )
 
 
 def subtree(tree: TurnTree, keep_leaves: Iterable[int]) -> tuple[TurnTree, list[int]]:
@@ -236,15 +245,14 @@ def subtree(tree: TurnTree, keep_leaves: Iterable[int]) -> tuple[TurnTree, list[
             new_id[node.id] = len(nodes)
             parent = None if node.parent is None else new_id[node.parent]
             nodes.append(
-                Node(
+                replace(
+                    node,
                     id=len(nodes),
                     parent=parent,
                     obs_ids=list(node.obs_ids),
                     act_ids=list(node.act_ids),
                     act_logprobs=list(node.act_logprobs),
-                    entropy=node.entropy,
-                    finish=node.finish,
-                    reward=node.reward,
+                    scores=dict(node.scores),
                 )
             )
     return TurnTree(tree.prompt_ids, nodes), new_id
@@ -263,7 +271,7 @@ def sample_leaves(tree: TurnTree, n: int, rng: random.Random) -> tuple[TurnTree,
         raise ValueError("the tree has no finished trajectory (no leaf) to sample rows from")
     if len(leaves) > n:
         chosen = set(rng.sample(leaves, n))
-        pruned, new_id = subtree(tree, [leaf for leaf in leaves if leaf in chosen])
+        pruned, _ = subtree(tree, [leaf for leaf in leaves if leaf in chosen])
         return pruned, pruned.leaves()
     copies = {leaf: 1 for leaf in leaves}
     extra = n - len(leaves)
