@@ -4,9 +4,9 @@ Compares, on the same tensors (176 rows × 4096 tokens, 6 turns per row by defau
 
 * ``vectorised``: :func:`at2po.core.losses.policy_loss` with the ``turn`` preset;
 * ``token``: the same call with the token-level PPO preset (target: turn ≤ 1.5 × token);
-* ``loop``: the same turn loss written the straightforward way, one Python iteration per row and
-  per turn to build the turn log-ratios (as the authors' ``gspo_turn`` does), the rest vectorised
-  (target: vectorised ≥ 20 × faster).
+* ``loop``: the same turn loss written the straightforward way, as the authors' ``gspo_turn`` is:
+  turns found by reading the mask token by token, then one ratio, clip and loss per row and turn
+  on tensor slices (target: vectorised ≥ 20 × faster).
 
 ``logp`` is a leaf tensor that requires grad: this measures the loss math, not a model. Prints one
 JSON object per measurement. Usage: ``python bench/core_losses.py [--rows 176 --tokens 4096 ...]``.
@@ -15,7 +15,6 @@ JSON object per measurement. Usage: ``python bench/core_losses.py [--rows 176 --
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import statistics
 import time
@@ -53,18 +52,26 @@ def make_batch(rows: int, tokens: int, turns: int, seed: int = 0):
     return logp_BT, old_logp_BT, adv_BT, mask_BT
 
 
+def loop_turns(mask_row: list[float]) -> list[tuple[int, int]]:
+    """(start, stop) of each run of 1s, read token by token as the authors' loop does."""
+    turns, start = [], None
+    for t, m in enumerate(mask_row):
+        if m and start is None:
+            start = t
+        elif not m and start is not None:
+            turns.append((start, t))
+            start = None
+    if start is not None:
+        turns.append((start, len(mask_row)))
+    return turns
+
+
 def loop_turn_log_ratio(log_ratio_BT, mask_BT):
     """Per-token turn log-ratio ℓ, one Python iteration per row and per turn."""
     turn_log_ratio_BT = torch.zeros_like(log_ratio_BT)
-    for b in range(mask_BT.shape[0]):
-        on = mask_BT[b].nonzero(as_tuple=True)[0]
-        if len(on) == 0:
-            continue
-        breaks = ((on[1:] - on[:-1]) > 1).nonzero(as_tuple=True)[0] + 1
-        bounds = [0, *breaks.tolist(), len(on)]
-        for start, stop in itertools.pairwise(bounds):
-            positions = on[start:stop]
-            turn_log_ratio_BT[b, positions] = log_ratio_BT[b, positions].mean()
+    for b, mask_row in enumerate(mask_BT.tolist()):
+        for start, stop in loop_turns(mask_row):
+            turn_log_ratio_BT[b, start:stop] = log_ratio_BT[b, start:stop].mean()
     return turn_log_ratio_BT
 
 
@@ -75,14 +82,26 @@ def vectorised_turn_log_ratio(log_ratio_BT, mask_BT):
 
 
 def loop_turn_loss(logp_BT, old_logp_BT, adv_BT, mask_BT):
-    """The ATPO loss with per-row, per-turn Python loops for the turn log-ratios."""
-    turn_log_ratio_BT = loop_turn_log_ratio((logp_BT - old_logp_BT).detach(), mask_BT)
-    log_s_BT = (turn_log_ratio_BT + logp_BT - logp_BT.detach()).clamp(max=LOG_RATIO_CAP)
-    s_BT = log_s_BT.exp()
-    loss_BT = torch.maximum(-adv_BT * s_BT, -adv_BT * s_BT.clamp(1 - CLIP_LOW, 1 + CLIP_HIGH))
-    count_B = mask_BT.sum(dim=1)
-    row_B = (loss_BT * mask_BT).sum(dim=1) / count_B.clamp(min=1)
-    return row_B[count_B > 0].mean()
+    """The ATPO loss written straightforwardly: per row, per turn, ratio → clip → loss on a slice.
+
+    This is the shape of the authors' ``compute_policy_loss_gspo_turn`` (a Python loop over rows
+    and turns); the baseline the vectorised loss is measured against.
+    """
+    row_losses = []
+    for b, mask_row in enumerate(mask_BT.tolist()):
+        turns = loop_turns(mask_row)
+        if not turns:
+            continue
+        total = logp_BT.new_zeros(())
+        for start, stop in turns:
+            logp_T = logp_BT[b, start:stop]
+            turn_log_ratio = (logp_T - old_logp_BT[b, start:stop]).mean().detach()
+            s_T = (turn_log_ratio + logp_T - logp_T.detach()).clamp(max=LOG_RATIO_CAP).exp()
+            adv_T = adv_BT[b, start:stop]
+            clipped_T = s_T.clamp(1 - CLIP_LOW, 1 + CLIP_HIGH)
+            total = total + torch.maximum(-adv_T * s_T, -adv_T * clipped_T).sum()
+        row_losses.append(total / sum(stop - start for start, stop in turns))
+    return torch.stack(row_losses).mean()
 
 
 def time_calls(fn: Callable[[], object], reps: int) -> tuple[list[float], list[float]]:
