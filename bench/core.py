@@ -1,4 +1,4 @@
-"""Core benchmark: credit assignment (bench/core_credit.py) then the turn loss (bench/core_losses.py).
+"""Core benchmark: credit assignment, then the turn loss (bench/core_credit.py, core_losses.py).
 
 Both print JSON lines; this runs them one after the other with their default, paper-scale sizes
 (64 trees × 22 rows for credit; 176 rows × 4096 tokens × 6 turns for the loss).
