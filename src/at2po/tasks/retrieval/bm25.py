@@ -1,0 +1,133 @@
+"""In-process BM25 retrieval with ``bm25s`` (Lù, 2024, arXiv 2407.03618): sparse, exact, fast.
+
+Score of document d for query q (Lucene's variant, as in Kamphuis et al., ECIR 2020):
+
+    score(d, q) = Σ_{t ∈ q} idf(t) · tf(t, d) / (tf(t, d) + k1 · (1 − b + b · |d| / avgdl))
+    idf(t)      = ln(1 + (N − df(t) + 0.5) / (df(t) + 0.5))
+
+with |d| and avgdl counted in tokens after stop-word removal, and a token repeated in the query
+counted again.
+k1 = 0.9 and b = 0.4 are Lucene/Pyserini's defaults, the BM25 that Search-R1 and FlashRAG use.
+Text is lower-cased, split into words of two or more characters, English stop words removed, no
+stemming (no stemmer ships with the core install). Documents that share no term with the query
+score 0 and are never returned, so a query of unknown words yields no passages.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import bm25s
+import numpy as np
+
+from at2po.tasks.retrieval.base import Passage
+from at2po.tasks.retrieval.corpus import Document, load_corpus, write_corpus
+
+INDEX_FORMAT = 1
+_METADATA_FILE = "at2po_index.json"
+_DOCUMENTS_FILE = "documents.jsonl"
+_BM25S_DIR = "bm25s"
+_STOPWORDS = "en"
+
+
+def _tokenize(texts: list[str], *, as_ids: bool):
+    return bm25s.tokenize(texts, stopwords=_STOPWORDS, return_ids=as_ids, show_progress=False)
+
+
+class BM25Retriever:
+    """BM25 over a fixed list of documents; ``search`` is thread-safe (it only reads the index)."""
+
+    def __init__(self, documents: Sequence[Document], *, k1: float = 0.9, b: float = 0.4):
+        if not documents:
+            raise ValueError("BM25Retriever needs at least one document")
+        self.documents = list(documents)
+        self._index = bm25s.BM25(k1=k1, b=b, method="lucene")
+        corpus_tokens = _tokenize([d.contents for d in self.documents], as_ids=True)
+        self._index.index(corpus_tokens, show_progress=False)
+
+    @classmethod
+    def from_jsonl(cls, path: str | Path, *, k1: float = 0.9, b: float = 0.4) -> BM25Retriever:
+        """Build from a Search-R1 JSONL corpus file (see :mod:`at2po.tasks.retrieval.corpus`)."""
+        return cls(load_corpus(path), k1=k1, b=b)
+
+    def search(self, queries: Sequence[str], k: int) -> list[list[Passage]]:
+        """For each query, at most ``k`` passages with a positive BM25 score, best first."""
+        if isinstance(queries, str):
+            raise TypeError("search takes a sequence of queries; wrap a single query in a list")
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
+        if not queries:
+            return []
+        query_tokens = _tokenize(list(queries), as_ids=False)
+        return [self._top_passages(tokens, k) for tokens in query_tokens]
+
+    def _top_passages(self, tokens: list[str], k: int) -> list[Passage]:
+        token_ids = self._index.get_tokens_ids(tokens)
+        if not token_ids:
+            return []
+        score_D = self._index.get_scores_from_ids(token_ids)
+        # Select among matching documents only: argpartition over a mostly-zero vector is slow.
+        match_M = np.flatnonzero(score_D > 0.0)
+        if len(match_M) > k:
+            match_M = match_M[np.argpartition(score_D[match_M], -k)[-k:]]
+        best_M = match_M[np.lexsort((match_M, -score_D[match_M]))]  # score desc, then corpus order
+        return [
+            Passage(self.documents[i].doc_id, self.documents[i].contents, float(score_D[i]))
+            for i in best_M.tolist()
+        ]
+
+    def save(self, directory: str | Path) -> None:
+        """Write the index and its documents to ``directory`` (created if needed)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self._index.save(str(directory / _BM25S_DIR), show_progress=False)
+        write_corpus(self.documents, directory / _DOCUMENTS_FILE)
+        metadata = {
+            "format": INDEX_FORMAT,
+            "kind": "bm25",
+            "num_documents": len(self.documents),
+            "k1": self._index.k1,
+            "b": self._index.b,
+            "stopwords": _STOPWORDS,
+        }
+        # Written last: a directory with metadata holds a complete index.
+        (directory / _METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, directory: str | Path) -> BM25Retriever:
+        """Load an index written by :meth:`save`; the corpus is not re-tokenised."""
+        directory = Path(directory)
+        metadata = _read_metadata(directory)
+        if metadata.get("kind") != "bm25" or metadata.get("format") != INDEX_FORMAT:
+            raise ValueError(
+                f"{directory} holds a {metadata.get('kind')!r} index of format "
+                f"{metadata.get('format')!r}; this version reads bm25 format {INDEX_FORMAT}. "
+                "Rebuild it (delete the directory and serve again with --corpus)"
+            )
+        retriever = cls.__new__(cls)
+        retriever.documents = load_corpus(directory / _DOCUMENTS_FILE)
+        retriever._index = bm25s.BM25.load(str(directory / _BM25S_DIR), show_progress=False)
+        if retriever._index.scores["num_docs"] != len(retriever.documents):
+            raise ValueError(
+                f"{directory}: the index covers {retriever._index.scores['num_docs']} documents "
+                f"but {_DOCUMENTS_FILE} holds {len(retriever.documents)}; rebuild the index"
+            )
+        return retriever
+
+
+def _read_metadata(directory: str | Path) -> dict:
+    """The metadata of a saved index; ``FileNotFoundError`` with a hint when there is none."""
+    path = Path(directory) / _METADATA_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{directory} holds no at2po index ({_METADATA_FILE} is missing); "
+            "build one with `at2po retriever serve --corpus FILE --index DIR`"
+        )
+    return json.loads(path.read_text())
+
+
+def has_saved_index(directory: str | Path) -> bool:
+    """True when ``directory`` holds an index written by :meth:`BM25Retriever.save`."""
+    return (Path(directory) / _METADATA_FILE).is_file()

@@ -1,0 +1,237 @@
+"""The Search-R1-compatible retrieval server over real loopback HTTP, and its CLI."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from at2po.cli import retriever as retriever_cli
+from at2po.tasks.retrieval import BM25Retriever, Document, HTTPRetriever, write_corpus
+from at2po.tasks.retrieval.server import ServerLimits, create_app, serve_in_background
+
+CORPUS = [
+    Document("maren", '"Maren Tolvik"\nMaren Tolvik was born in Bergen and became a cartographer.'),
+    Document("oskar", '"Oskar Lindqvist"\nOskar Lindqvist composed operas in Uppsala.'),
+    Document("bergen", '"Bergen"\nBergen is a harbour city on the west coast of Norway.'),
+    Document("uppsala", '"Uppsala"\nUppsala is a university town north of Stockholm.'),
+    Document("ada", '"Ada Brenner"\nAda Brenner designed suspension bridges across the Rhine.'),
+    Document("rhine", '"Rhine"\nThe Rhine flows from the Alps to the North Sea.'),
+]
+QUERIES = ["Maren Tolvik birthplace", "operas Uppsala", "Rhine Alps", "Bergen Norway harbour"]
+LIMITS = ServerLimits(default_topk=3, topk_max=5, max_queries=4, max_query_chars=60)
+
+
+@pytest.fixture(scope="module")
+def bm25() -> BM25Retriever:
+    return BM25Retriever(CORPUS)
+
+
+@pytest.fixture(scope="module")
+def base_url(bm25):
+    app = create_app(bm25, kind="bm25", corpus_size=len(CORPUS), limits=LIMITS)
+    with serve_in_background(app) as url:
+        yield url
+
+
+def test_client_over_http_returns_the_in_process_passages(bm25, base_url):
+    with HTTPRetriever(f"{base_url}/retrieve", timeout_s=5) as client:
+        assert client.search(QUERIES, k=3) == bm25.search(QUERIES, k=3)
+        assert client.search(["zzzz unknown"], k=2) == [[]]
+
+
+def test_response_with_scores_has_the_search_r1_shape(bm25, base_url):
+    body = {"queries": QUERIES[:2], "topk": 2, "return_scores": True}
+    answer = httpx.post(f"{base_url}/retrieve", json=body).json()
+    expected = [
+        [{"document": {"id": p.doc_id, "contents": p.contents}, "score": p.score} for p in hits]
+        for hits in bm25.search(QUERIES[:2], k=2)
+    ]
+    assert answer == {"result": expected}
+
+
+def test_response_without_scores_lists_bare_documents(bm25, base_url):
+    answer = httpx.post(f"{base_url}/retrieve", json={"queries": [QUERIES[0]]}).json()
+    expected = [[{"id": p.doc_id, "contents": p.contents} for p in bm25.search(QUERIES[:1], 3)[0]]]
+    assert answer == {"result": expected}
+
+
+def test_single_query_form_defaults_to_three_passages(base_url):
+    answer = httpx.post(f"{base_url}/retrieve", json={"query": "Bergen Uppsala Rhine"}).json()
+    assert len(answer["result"]) == 1
+    assert len(answer["result"][0]) == 3
+
+
+def test_health_reports_kind_size_and_limits(base_url):
+    health = httpx.get(f"{base_url}/health").json()
+    assert health["status"] == "ok"
+    assert health["retriever"] == "bm25"
+    assert health["corpus_size"] == len(CORPUS)
+    assert health["topk_max"] == LIMITS.topk_max
+
+
+@pytest.mark.parametrize(
+    ("request_kwargs", "status", "complaint"),
+    [
+        ({}, 422, "invalid request body"),
+        ({"content": b"not json", "headers": {"content-type": "application/json"}}, 422, "JSON"),
+        ({"json": {}}, 422, 'exactly one of "query" and "queries"'),
+        ({"json": {"query": "a", "queries": ["b"]}}, 422, "exactly one"),
+        ({"json": {"queries": []}}, 422, '"queries" is empty'),
+        ({"json": {"query": "Bergen", "topk": 0}}, 422, '"topk" must be between 1 and 5'),
+        ({"json": {"query": "Bergen", "topk": 10**6}}, 422, '"topk" must be between 1 and 5'),
+        ({"json": {"query": "Bergen", "topk": "many"}}, 422, "topk"),
+        ({"json": {"queries": ["a"] * 5}}, 413, "at most 4"),
+        ({"json": {"queries": ["ok", "x" * 61]}}, 413, "query 1 has 61 characters"),
+        ({"json": {"query": 17}}, 422, "query"),
+    ],
+)
+def test_bad_requests_get_a_4xx_with_a_message(base_url, request_kwargs, status, complaint):
+    response = httpx.post(f"{base_url}/retrieve", **request_kwargs)
+    assert response.status_code == status
+    assert complaint in response.json()["error"]
+
+
+def test_oversized_body_is_refused_before_parsing(bm25):
+    limits = ServerLimits(max_body_bytes=100)
+    app = create_app(bm25, kind="bm25", corpus_size=len(CORPUS), limits=limits)
+    with serve_in_background(app) as url:
+        declared = httpx.post(f"{url}/retrieve", json={"queries": ["Bergen " * 30]})
+
+        def chunks():  # no Content-Length: the limit must hold for streamed bodies too
+            yield b'{"queries": ["'
+            yield b"Bergen " * 30
+            yield b'"]}'
+
+        streamed = httpx.post(f"{url}/retrieve", content=chunks())
+        small = httpx.post(f"{url}/retrieve", json={"query": "Bergen"})
+    for response in (declared, streamed):
+        assert response.status_code == 413
+        assert "exceeds 100 bytes" in response.json()["error"]
+    assert small.status_code == 200
+
+
+def test_concurrent_clients_all_succeed(bm25, base_url):
+    expected = bm25.search(QUERIES, k=3)
+    client = HTTPRetriever(f"{base_url}/retrieve", timeout_s=10)
+
+    def worker(seed: int) -> bool:
+        return all(client.search(QUERIES, k=3) == expected for _ in range(10))
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        assert all(pool.map(worker, range(8)))
+    client.close()
+
+
+def test_backend_failure_is_a_500_with_the_reason(bm25):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        dead_url = f"http://127.0.0.1:{probe.getsockname()[1]}/retrieve"
+    proxy = HTTPRetriever(dead_url, timeout_s=0.5, retries=0)
+    with serve_in_background(create_app(proxy, kind="http", corpus_size=0)) as url:
+        response = httpx.post(f"{url}/retrieve", json={"query": "Bergen"})
+    assert response.status_code == 500
+    assert "RetrieverUnavailable" in response.json()["error"]
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def _serve_args(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    retriever_cli.add_parser(parser.add_subparsers(dest="command"))
+    return parser.parse_args(["retriever", "serve", *argv])
+
+
+def test_cli_builds_saves_then_loads_the_index(tmp_path):
+    corpus = tmp_path / "corpus.jsonl"
+    write_corpus(CORPUS, corpus)
+    index = tmp_path / "index"
+    built, size = retriever_cli.build_retriever(
+        _serve_args("--corpus", str(corpus), "--index", str(index))
+    )
+    assert size == len(CORPUS)
+    assert (index / "at2po_index.json").is_file()
+    loaded, _ = retriever_cli.build_retriever(_serve_args("--index", str(index)))
+    assert loaded.search(QUERIES, k=3) == built.search(QUERIES, k=3)
+
+
+def test_cli_refuses_an_index_built_from_another_corpus(tmp_path):
+    BM25Retriever(CORPUS).save(tmp_path / "index")
+    other = tmp_path / "other.jsonl"
+    write_corpus(CORPUS[:3], other)
+    with pytest.raises(ValueError, match="different corpus"):
+        retriever_cli.build_retriever(
+            _serve_args("--corpus", str(other), "--index", str(tmp_path / "index"))
+        )
+
+
+def test_cli_without_corpus_or_index_says_what_is_missing(tmp_path):
+    with pytest.raises(SystemExit, match="--corpus is required"):
+        retriever_cli.run(_serve_args("--index", str(tmp_path / "empty")))
+    with pytest.raises(SystemExit, match="does not exist"):
+        retriever_cli.run(_serve_args("--corpus", str(tmp_path / "absent.jsonl")))
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    ("stop_signal", "exit_status"), [(signal.SIGINT, 0), (signal.SIGTERM, -signal.SIGTERM)]
+)
+def test_cli_serves_then_drains_and_stops_on_a_signal(tmp_path, stop_signal, exit_status):
+    corpus = tmp_path / "corpus.jsonl"
+    write_corpus(CORPUS, corpus)
+    port = _free_port()
+    script = (
+        "import argparse, sys\n"
+        "from at2po.cli.retriever import add_parser, run\n"
+        "parser = argparse.ArgumentParser()\n"
+        "add_parser(parser.add_subparsers())\n"
+        "sys.exit(run(parser.parse_args(sys.argv[1:])))\n"
+    )
+    command = [sys.executable, "-c", script, "retriever", "serve", "--corpus", str(corpus)]
+    command += ["--port", str(port), "--topk-max", "4"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    try:
+        health = _wait_for_health(f"http://127.0.0.1:{port}", server)
+        assert health["corpus_size"] == len(CORPUS)
+        assert health["topk_max"] == 4
+        answer = httpx.post(f"http://127.0.0.1:{port}/retrieve", json={"query": QUERIES[0]})
+        assert answer.json()["result"][0][0]["id"] == "maren"
+    finally:
+        server.send_signal(stop_signal)
+        output = server.communicate(timeout=20)[0].decode()
+    assert server.returncode == exit_status, output
+    assert "Application shutdown complete" in output
+    assert "Traceback" not in output
+
+
+def _wait_for_health(url: str, process: subprocess.Popen, timeout_s: float = 60.0) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"server exited early: {process.stdout.read().decode()}")
+        try:
+            return httpx.get(f"{url}/health", timeout=1).json()
+        except httpx.TransportError:
+            time.sleep(0.1)
+    raise AssertionError("server did not become healthy")
+
+
+def test_request_model_documents_the_protocol():
+    schema = create_app(BM25Retriever(CORPUS), kind="bm25", corpus_size=6).openapi()
+    fields = schema["components"]["schemas"]["RetrieveRequest"]["properties"]
+    assert set(fields) == {"query", "queries", "topk", "return_scores"}
