@@ -9,7 +9,7 @@ from typing import Protocol, runtime_checkable
 
 @dataclass(frozen=True)
 class Passage:
-    """One retrieved document: its corpus id, its text and the retriever's score (higher: better)."""
+    """A retrieved document: its corpus id, its text and the retriever's score (higher: better)."""
 
     doc_id: str
     contents: str
