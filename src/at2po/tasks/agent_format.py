@@ -1,0 +1,325 @@
+"""The search agent's text format: the prompt, the tags, and one grammar that reads them.
+
+An episode is a prompt followed by the *response*: agent turns interleaved with observations.
+
+    <think>reasoning</think> <search>query</search>          agent turn (ends at the stop string)
+     <result>\\nDoc 1: …\\n</result>                             observation (inserted by the env)
+    <think>reasoning</think> <answer>final answer</answer>   last agent turn
+
+Tags: ``<think>…</think>`` (optional reasoning; any number), ``<search>query</search>`` (a tool
+call), ``<answer>…</answer>`` (the final answer; a ``\\boxed{…}`` inside is unwrapped, braces
+matched), ``<result>…</result>`` (written only by the environment). Generation stops at
+:data:`STOP_STRINGS`, so a turn ends with ``</search>``, ``</answer>``, EOS or the token budget.
+
+One state machine (:func:`_scan`) reads both a single turn (:func:`parse_action`) and a whole
+response (:func:`check_response`). Inside ``<think>`` every tag is ignored except ``</think>``
+and ``<result>``/``</result>`` (an error); inside ``<result>`` every tag is ignored; free text may
+hold any other text, including tags we do not know. Because both readers are the same machine, a
+response made of turns that :func:`parse_action` accepted, ending in an answer, always passes
+:func:`check_response`, and a response holding any rejected turn always fails it.
+
+Only the turn text is parsed, never the prompt: the authors' code searched prompt+response for the
+last ``<search>`` and could pick up the prompt's example (reference spec §6 item 15).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+STOP_STRINGS: tuple[str, ...] = ("</search>", "</answer>")
+
+_TAG = re.compile(r"<(/?)(think|search|answer|result)>")
+_TRAILING_UNKNOWN_BLOCK = re.compile(r"</([A-Za-z][\w.-]*)>\s*\Z")
+_THINK_BLOCK = re.compile(r"<think>.*?</think>", re.DOTALL)
+_RESULT_BLOCK = re.compile(r"<result>.*?</result>", re.DOTALL)
+_ANSWER_BLOCK = re.compile(r"<answer>((?:(?!<answer>).)*?)</answer>", re.DOTALL)
+_KNOWN_TAGS = frozenset({"think", "search", "answer", "result"})
+_SEARCH_THEN_RESULT = re.compile(r"</search>\s*<result>")
+_BOXED = "\\boxed{"
+
+INSTRUCTION = """\
+You answer questions by searching a collection of documents. You work in turns.
+
+In each turn, first think briefly inside <think> </think>, then do exactly one of these:
+- Search: write <search>your query</search> and stop. The search engine then shows you the \
+best matching documents inside <result> </result>.
+- Answer: write <answer>your final answer</answer> and stop. This ends the conversation.
+
+Guidelines:
+- A query is a few keywords about one fact: a name and what you want to know about it.
+- A question may need several facts. Look them up one search at a time, using what earlier \
+results told you.
+- Answer only with facts you have read in the results.{limit_line}
+- The answer is short: a name, a place, a date, a number, or yes or no. You may write it as \
+\\boxed{{...}} inside the answer tags.
+
+Example of two turns (the result is written by the search engine, not by you):
+<think>First I need to know where the author was born.</think>
+<search>Lena Vardi birthplace</search>
+<result>
+Doc 1: "Lena Vardi" Lena Vardi, born in Porto, wrote ...
+</result>
+<think>The result says Porto.</think>
+<answer>Porto</answer>"""
+
+ActionKind = Literal["search", "answer", "invalid"]
+
+
+@dataclass(frozen=True)
+class Action:
+    """What one agent turn asks for.
+
+    ``kind="search"``: ``content`` is the query (stripped). ``kind="answer"``: ``content`` is the
+    final answer (stripped, ``\\boxed{…}`` unwrapped). ``kind="invalid"``: ``content`` is the
+    message the agent is shown and ``problem`` a stable code for metrics (see ``PROBLEMS``).
+    """
+
+    kind: ActionKind
+    content: str
+    problem: str | None = None
+
+
+PROBLEMS: dict[str, str] = {
+    "no_action": "No action found. End every turn with <search>query</search> or "
+    "<answer>final answer</answer>.",
+    "unknown_tool": "<{tool}> is not a tool here. The only tool is <search>query</search>; "
+    "finish with <answer>final answer</answer>.",
+    "empty_query": "The search query is empty. Write a few keywords between <search> and "
+    "</search>.",
+    "empty_answer": "The answer is empty. Write the answer between <answer> and </answer>.",
+    "unclosed_search": "The search query is not closed. Write <search>query</search>, closing "
+    "the tag before anything else.",
+    "unclosed_answer": "The answer is not closed. Write <answer>final answer</answer>.",
+    "unopened_search": "Found </search> without a <search> before it in this turn. Write "
+    "<search>query</search>.",
+    "unopened_answer": "Found </answer> without an <answer> before it in this turn. Write "
+    "<answer>final answer</answer>.",
+    "unclosed_think": "The thinking is not closed. Close <think> with </think> before you "
+    "search or answer.",
+    "unbalanced_think": "Found </think> without a <think> before it. Open thinking with "
+    "<think> and close it with </think>.",
+    "wrote_result": "Do not write <result> tags yourself: the search engine writes them after "
+    "your </search>.",
+    "multiple_actions": "Do one thing per turn: either one <search>query</search> or one "
+    "<answer>final answer</answer>, then stop.",
+    "tags_after_action": "Stop right after </search> or </answer>; write nothing else in that "
+    "turn.",
+}
+"""Agent mistakes found in a single turn, with the observation text the agent is shown."""
+
+
+@dataclass(frozen=True)
+class FormatCheck:
+    """The grammar's verdict on a whole response: ``problem`` is None when the format is valid.
+
+    ``tool_calls`` counts ``<search>…</search> <result>…</result>`` pairs read before the verdict,
+    ``think_blocks`` closed ``<think>…</think>`` blocks, ``answer`` the final answer if reached.
+    """
+
+    problem: str | None
+    tool_calls: int
+    think_blocks: int
+    answer: str | None
+
+
+def build_prompt_messages(
+    question: str, *, max_searches: int | None = None, system_role: bool = True
+) -> list[dict[str, str]]:
+    """Chat messages for one question: the instruction, then ``Question: …``.
+
+    ``max_searches`` adds the search budget to the instruction. ``system_role=False`` puts the
+    instruction and the question in a single user message, for chat templates without a system
+    role.
+    """
+    if not question.strip():
+        raise ValueError("the question is empty; every example needs question text")
+    if max_searches is not None and max_searches < 1:
+        raise ValueError(f"max_searches must be at least 1 (or None), got {max_searches}")
+    limit_line = "" if max_searches is None else f"\n- You may search at most {max_searches} times."
+    instruction = INSTRUCTION.format(limit_line=limit_line)
+    user_text = f"Question: {question.strip()}"
+    if system_role:
+        return [
+            {"role": "system", "content": instruction},
+            {"role": "user", "content": user_text},
+        ]
+    return [{"role": "user", "content": f"{instruction}\n\n{user_text}"}]
+
+
+def format_observation(text: str) -> str:
+    """Wrap environment text as the agent sees it: ``" <result>\\n" + text + "\\n</result>"``.
+
+    A literal ``</result>`` inside ``text`` (a passage quoting it) is written ``< /result>`` so
+    it cannot close the block early.
+    """
+    return " <result>\n" + text.replace("</result>", "< /result>") + "\n</result>"
+
+
+def unwrap_boxed(text: str) -> str | None:
+    """Inner text of the last ``\\boxed{…}`` in ``text`` (braces matched), else None.
+
+    None also when the last ``\\boxed{`` is never closed.
+    """
+    start = text.rfind(_BOXED)
+    if start < 0:
+        return None
+    depth = 0
+    begin = start + len(_BOXED)
+    for position in range(begin, len(text)):
+        if text[position] == "{":
+            depth += 1
+        elif text[position] == "}":
+            if depth == 0:
+                return text[begin:position]
+            depth -= 1
+    return None
+
+
+def _answer_text(block_content: str) -> str:
+    boxed = unwrap_boxed(block_content)
+    return (boxed if boxed is not None else block_content).strip()
+
+
+def parse_action(turn_text: str) -> Action:
+    """Read one agent turn (only the text the agent generated in it, never the prompt).
+
+    The action is the single ``<search>…</search>`` or ``<answer>…</answer>`` block of the turn;
+    the query is the text after the *last* ``<search>`` before ``</search>``. Free text around
+    it is allowed; closed ``<think>`` blocks are skipped. Everything else is an invalid action
+    whose ``content`` tells the agent what to fix (``PROBLEMS``).
+    """
+    scan = _scan(turn_text, single_turn=True)
+    if scan.problem is not None:
+        return _invalid(scan.problem)
+    if scan.state == _AFTER_SEARCH:
+        return Action("search", scan.content)
+    if scan.state == _AFTER_ANSWER:
+        return Action("answer", scan.content)
+    if scan.state == _FREE:
+        unknown = _TRAILING_UNKNOWN_BLOCK.search(turn_text)
+        tool = unknown.group(1) if unknown is not None else ""
+        if tool and tool not in _KNOWN_TAGS and f"<{tool}>" in turn_text[: unknown.start()]:
+            return Action("invalid", PROBLEMS["unknown_tool"].format(tool=tool), "unknown_tool")
+        return _invalid("no_action")
+    return _invalid(f"unclosed_{_STATE_TAG[scan.state]}")
+
+
+def check_response(response_text: str) -> FormatCheck:
+    """Check a whole response (agent turns and observations, without the prompt).
+
+    Valid: zero or more ``<search>q</search>`` each followed by a ``<result>…</result>``, with
+    free text and closed ``<think>`` blocks around them, then exactly one non-empty
+    ``<answer>…</answer>`` with no tag after it. Problems besides those of ``PROBLEMS``:
+    ``no_answer``, ``result_without_search``, ``search_without_result`` (a tag other than
+    ``<result>`` after ``</search>``), ``result_in_think``, ``tags_after_answer``,
+    ``unclosed_result``.
+    """
+    scan = _scan(response_text, single_turn=False)
+    problem = scan.problem
+    if problem is None and scan.state != _AFTER_ANSWER:
+        problem = _UNFINISHED_RESPONSE[scan.state]
+    answer = scan.content if scan.state == _AFTER_ANSWER and problem is None else None
+    return FormatCheck(problem, scan.tool_calls, scan.think_blocks, answer)
+
+
+def extract_final_answer(response_text: str) -> str | None:
+    """The final answer of a response, leniently: the last ``<answer>…</answer>`` outside
+    ``<result>`` and ``<think>`` blocks, ``\\boxed{…}`` unwrapped, stripped; None if absent or
+    empty. On a response that passes :func:`check_response` it equals that check's answer.
+    """
+    visible = _THINK_BLOCK.sub(" ", _RESULT_BLOCK.sub(" ", response_text))
+    blocks = _ANSWER_BLOCK.findall(visible)
+    if not blocks:
+        return None
+    return _answer_text(blocks[-1]) or None
+
+
+def count_tool_calls(response_text: str) -> int:
+    """How many ``</search>`` are followed by ``<result>`` in a response, outside thinking."""
+    return len(_SEARCH_THEN_RESULT.findall(_THINK_BLOCK.sub(" ", response_text)))
+
+
+def _invalid(problem: str) -> Action:
+    return Action("invalid", PROBLEMS[problem], problem)
+
+
+# States of the grammar.
+_FREE, _THINK, _SEARCH, _ANSWER, _AFTER_SEARCH, _RESULT, _AFTER_ANSWER = range(7)
+_STATE_TAG = {_THINK: "think", _SEARCH: "search", _ANSWER: "answer"}
+_UNFINISHED_RESPONSE = {
+    _FREE: "no_answer",
+    _THINK: "unclosed_think",
+    _SEARCH: "unclosed_search",
+    _ANSWER: "unclosed_answer",
+    _AFTER_SEARCH: "search_without_result",
+    _RESULT: "unclosed_result",
+}
+
+
+@dataclass(frozen=True)
+class _Scan:
+    problem: str | None
+    state: int
+    content: str
+    tool_calls: int
+    think_blocks: int
+
+
+def _scan(text: str, *, single_turn: bool) -> _Scan:
+    """Run the tag grammar over ``text`` and stop at the first problem.
+
+    ``single_turn=True`` reads one agent turn: after the action, any tag is a problem and
+    ``<result>`` anywhere is ``wrote_result``. ``single_turn=False`` reads a response: a
+    ``</search>`` must be followed by ``<result>…</result>`` before the next tag.
+    """
+    state, content_start, content = _FREE, 0, ""
+    tool_calls = think_blocks = 0
+
+    def stop(problem: str) -> _Scan:
+        return _Scan(problem, state, content, tool_calls, think_blocks)
+
+    for match in _TAG.finditer(text):
+        tag, name = match.group(0), match.group(2)
+        if state == _RESULT:
+            if tag == "</result>":
+                state, tool_calls = _FREE, tool_calls + 1
+        elif state == _THINK:
+            if name == "result":
+                return stop("wrote_result" if single_turn else "result_in_think")
+            if tag == "</think>":
+                state, think_blocks = _FREE, think_blocks + 1
+        elif state in (_SEARCH, _ANSWER):
+            open_tag = f"<{_STATE_TAG[state]}>"
+            if tag == open_tag:
+                content_start = match.end()
+            elif tag == f"</{_STATE_TAG[state]}>":
+                raw = text[content_start : match.start()]
+                content = raw.strip() if state == _SEARCH else _answer_text(raw)
+                if not content:
+                    return stop("empty_query" if state == _SEARCH else "empty_answer")
+                state = _AFTER_SEARCH if state == _SEARCH else _AFTER_ANSWER
+            else:
+                return stop(f"unclosed_{_STATE_TAG[state]}")
+        elif state == _AFTER_SEARCH and not single_turn:
+            if tag != "<result>":
+                return stop("search_without_result")
+            state = _RESULT
+        elif state in (_AFTER_SEARCH, _AFTER_ANSWER):
+            if not single_turn:
+                return stop("tags_after_answer")
+            if tag in ("<search>", "<answer>"):
+                return stop("multiple_actions")
+            return stop("wrote_result" if name == "result" else "tags_after_action")
+        elif tag == "<think>":
+            state = _THINK
+        elif tag in ("<search>", "<answer>"):
+            state, content_start = (_SEARCH if name == "search" else _ANSWER), match.end()
+        elif name == "result":
+            return stop("wrote_result" if single_turn else "result_without_search")
+        elif tag == "</think>":
+            return stop("unbalanced_think")
+        else:
+            return stop(f"unopened_{name}")
+    return _Scan(None, state, content, tool_calls, think_blocks)
