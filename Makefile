@@ -6,7 +6,7 @@ TORCH  := torch==2.13.0
 CONSTRAINTS := $(VENV)/constraints.txt
 EXTRAS ?= test,dense,skyrl
 
-.PHONY: demo test lint format bench clean
+.PHONY: demo test lint format bench clean test-verl
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,11 +30,21 @@ format: $(VENV)/.installed
 test: lint
 	$(BIN)/pytest -q
 
+# The main job on the embedded default: build the tiny model once (cached), then train AT²PO on
+# synthetic multi-hop worlds and report held-out EM before vs after.
 demo: $(VENV)/.installed
-	$(BIN)/python -m at2po.cli.main demo
+	$(BIN)/at2po bootstrap
+	$(BIN)/at2po train configs/quickstart.yaml
+
+bench: $(VENV)/.installed
+	$(BIN)/python bench/core.py
+	$(BIN)/python bench/retrieval.py
+	$(BIN)/python bench/engine.py
+	$(BIN)/python bench/rollout.py
+	$(BIN)/python bench/train.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(VERL_VENV) .pytest_cache .ruff_cache
 
 # verl parity checks: verl pins numpy<2 / transformers<5.11, so it gets its own environment.
 VERL_VENV := .venv-verl
@@ -45,9 +55,8 @@ $(VERL_VENV)/.installed: pyproject.toml
 	$(VERL_BIN)/pip install -q --upgrade pip
 	$(VERL_BIN)/pip install -q $(TORCH)
 	echo "$(TORCH)" > $(VERL_VENV)/constraints.txt
-	$(VERL_BIN)/pip install -q -c $(VERL_VENV)/constraints.txt verl -e ".[test]"
+	$(VERL_BIN)/pip install -q -c $(VERL_VENV)/constraints.txt -e ".[verl,test]"
 	touch $@
 
-.PHONY: test-verl
 test-verl: $(VERL_VENV)/.installed
 	$(VERL_BIN)/pytest -q -m verl tests/core/test_verl_parity.py
