@@ -1,0 +1,124 @@
+"""Benchmark: AT²PO tree rollout vs independent chains, on the same prompts and model.
+
+Variants (all on the same dev questions of a synthetic world, BM25 search, temperature 1):
+
+* ``tree``: M=10 chains, L=2 rounds of K=6 entropy-picked re-samples, N=22 rows;
+* ``chains22``: 22 independent chains (the tree's row count);
+* ``chains16``: 16 independent chains (the paper's claimed token-equivalent budget).
+
+Targets: the tree generates ≤ 0.8× the tokens of 22 chains and takes ≤ 0.85× their wall time.
+It also checks the token-cost formula of docs/rollout.md: tree tokens ≈ (M + L·K·f)·B, with B the
+mean generated tokens of one chain and f the mean fraction of a trajectory a re-sample regenerates
+(the paper assumes f = 1/2); both the f = 1/2 prediction and the measured f are printed.
+
+Engine throughput and prefix-cache savings are measured by bench/engine.py.
+
+Usage: python bench/rollout.py [--model tiny|smollm2-135m|DIR] [--prompts 4] [--seed 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+from at2po.models.registry import resolve_model
+from at2po.rollout.codec import Codec
+from at2po.rollout.config import RolloutConfig
+from at2po.rollout.hf_engine import HFEngine
+from at2po.rollout.rollouts import rollout
+from at2po.tasks.retrieval.bm25 import BM25Retriever
+from at2po.tasks.search_env import SearchQAEnv
+from at2po.tasks.search_tool import SearchTool
+from at2po.tasks.worlds.splits import build_splits
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="tiny", help="tiny, smollm2-135m or a model directory")
+    parser.add_argument("--prompts", type=int, default=4, help="dev questions rolled out at once")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-turn-tokens", type=int, default=96)
+    parser.add_argument("--max-response-tokens", type=int, default=768)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    world = build_splits(args.seed, n_train=0, n_dev=args.prompts, n_test=0)["dev"]
+    examples = list(world.questions[: args.prompts])
+    env = SearchQAEnv(SearchTool(BM25Retriever(world.documents)))
+    path = resolve_model(args.model)
+    engine = HFEngine.from_pretrained(path)
+    codec = Codec.from_tokenizer(engine.tokenizer)
+    budgets = dict(
+        max_turn_tokens=args.max_turn_tokens,
+        max_response_tokens=args.max_response_tokens,
+        max_context_tokens=args.max_response_tokens + 1024,
+        seed=args.seed,
+    )
+    variants = {
+        "chains22": RolloutConfig(mode="chain", n_rows=22, **budgets),
+        "chains16": RolloutConfig(mode="chain", n_rows=16, **budgets),
+        "tree": RolloutConfig(
+            mode="tree", n_rows=22, n_chains=10, expansion_rounds=2, expansion_k=6, **budgets
+        ),
+    }
+    rollout(engine, codec, env, examples[:1], RolloutConfig(mode="chain", n_rows=2, **budgets))
+    measured = {}
+    for name, cfg in variants.items():
+        engine.prefix_cache.clear()
+        start = time.perf_counter()
+        out = rollout(engine, codec, env, examples, cfg)
+        wall = time.perf_counter() - start
+        metrics = out.metrics
+        measured[name] = (metrics["rollout/generated_tokens"], wall, out)
+        record = {
+            "bench": "rollout.tree_vs_chains",
+            "model": str(args.model),
+            "variant": name,
+            "prompts": len(examples),
+            "rows": int(metrics["rollout/rows"]),
+            "generated_tokens": int(metrics["rollout/generated_tokens"]),
+            "row_tokens": int(metrics["tree/row_tokens"]),
+            "wall_s": round(wall, 2),
+            "tokens_per_s": round(metrics["rollout/generated_tokens"] / wall, 1),
+            "reward_mean": round(metrics["reward/mean"], 3),
+            "turns_per_trajectory": round(metrics["rollout/turns_per_trajectory"], 2),
+            "cached_tokens": int(metrics["rollout/cached_tokens"]),
+            "prefill_tokens": int(metrics["rollout/prefill_tokens"]),
+        }
+        print(json.dumps(record), flush=True)
+
+    tokens22, wall22, _ = measured["chains22"]
+    tokens_tree, wall_tree, tree_out = measured["tree"]
+    chain_tokens = tokens22 / (22 * len(examples))
+    m, lk = 10, 2 * 6
+    f_measured = (tokens_tree / len(examples) - m * chain_tokens) / (lk * chain_tokens)
+    print(
+        json.dumps(
+            {
+                "bench": "rollout.tree_vs_chains",
+                "variant": "summary",
+                "model": str(args.model),
+                "tree_tokens_over_chains22": round(tokens_tree / tokens22, 3),
+                "tree_tokens_target": 0.8,
+                "tree_wall_over_chains22": round(wall_tree / wall22, 3),
+                "tree_wall_target": 0.85,
+                "chains16_tokens_over_chains22": round(measured["chains16"][0] / tokens22, 3),
+                "chain_mean_tokens_B": round(chain_tokens, 1),
+                "predicted_tree_tokens_f_half": round((m + lk / 2) * chain_tokens * len(examples)),
+                "measured_tree_tokens": int(tokens_tree),
+                "measured_f": round(f_measured, 3),
+                "unique_over_row_tokens": round(
+                    tree_out.metrics["tree/unique_tokens"] / tree_out.metrics["tree/row_tokens"], 3
+                ),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

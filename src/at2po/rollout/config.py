@@ -1,0 +1,95 @@
+"""Rollout settings: one frozen dataclass, every field documented.
+
+Token cost of one tree (AT²PO §4.1): with B the mean generated tokens of a chain, a tree of M chains
+and L rounds of K re-sampled turns costs about (M + L·K·f)·B generated tokens, where f is the mean
+fraction of a chain that a re-sampled turn regenerates (the paper takes f = 1/2: 10 + 2·6/2 = 16
+chains' worth for 22 leaves). docs/rollout.md compares the formula with measured counts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from at2po.core.expansion import EXPANSION_MODES, SIBLING_PENALTY
+from at2po.rollout.engine import SamplingParams
+
+ROLLOUT_MODES = ("chain", "tree", "branching")
+"""``chain``: n independent trajectories; ``tree``: AT²PO phases (random expansion = Tree-GRPO);
+``branching``: ARPO/AEPO online branching after tool calls."""
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    """How trajectories are grown for each prompt.
+
+    Attributes:
+        mode: one of :data:`ROLLOUT_MODES`.
+        n_rows: rows (leaves) kept per prompt: N for ``tree``, n for ``chain``/``branching``.
+        n_chains: M, independent chains started per prompt (``tree``; the initial chains of
+            ``branching``). Ignored by ``chain``, which starts ``n_rows`` chains.
+        expansion_rounds: L, expansion rounds after the initial chains (``tree``).
+        expansion_k: K, turns re-sampled per tree per round (``tree``).
+        expansion_mode: ``entropy`` (AT²PO) or ``random`` (Tree-GRPO).
+        sibling_penalty: α in the expansion score H − α·b.
+        branch_beam: at most this many trajectories continue from one observation, the original
+            included (``branching``; the AEPO scripts use 2).
+        branch_probability: τ, the branching threshold (``branching``).
+        branch_entropy_weight: w, weight of the entropy change in the branching draw.
+        max_turn_tokens: token budget of one generation call (one turn).
+        max_response_tokens: budget of a whole response (turns and observations); a trajectory
+            that reaches it ends with finish ``length``.
+        max_context_tokens: prompt + response never exceed this (the model's context).
+        sampling: temperature / top-p / top-k / greedy of every generation call.
+        record_entropy: ask the engine for the full-vocabulary entropy of every sampled token.
+        tool_workers: threads that run the tool calls of one generation round concurrently.
+        tool_timeout_s: a round's tool call that takes longer ends its trajectory (finish
+            ``error``); the search tool has its own, shorter, per-call timeout and retries.
+        seed: seeds expansion picks, leaf sampling and every request's sampling stream.
+    """
+
+    mode: str = "tree"
+    n_rows: int = 22
+    n_chains: int = 10
+    expansion_rounds: int = 2
+    expansion_k: int = 6
+    expansion_mode: str = "entropy"
+    sibling_penalty: float = SIBLING_PENALTY
+    branch_beam: int = 2
+    branch_probability: float = 0.5
+    branch_entropy_weight: float = 0.2
+    max_turn_tokens: int = 256
+    max_response_tokens: int = 1024
+    max_context_tokens: int = 2048
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    record_entropy: bool = False
+    tool_workers: int = 16
+    tool_timeout_s: float = 60.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.mode not in ROLLOUT_MODES:
+            raise ValueError(f"rollout mode {self.mode!r} is not one of {ROLLOUT_MODES}")
+        if self.expansion_mode not in EXPANSION_MODES:
+            raise ValueError(
+                f"expansion_mode {self.expansion_mode!r} is not one of {EXPANSION_MODES}"
+            )
+        for name in ("n_rows", "n_chains", "branch_beam", "max_turn_tokens", "tool_workers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be at least 1")
+        if self.expansion_rounds < 0 or self.expansion_k < 1:
+            raise ValueError(
+                f"expansion_rounds={self.expansion_rounds} must be >= 0 and "
+                f"expansion_k={self.expansion_k} >= 1"
+            )
+        if not 0 < self.max_response_tokens < self.max_context_tokens:
+            raise ValueError(
+                f"max_response_tokens={self.max_response_tokens} must be positive and below "
+                f"max_context_tokens={self.max_context_tokens} (the prompt needs room too)"
+            )
+
+    @property
+    def initial_chains(self) -> int:
+        """Chains started per prompt before any expansion or branching."""
+        if self.mode == "chain":
+            return self.n_rows
+        return min(self.n_chains, self.n_rows) if self.mode == "branching" else self.n_chains

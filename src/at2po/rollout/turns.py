@@ -1,0 +1,281 @@
+"""The generation round shared by every rollout: one batched engine call, then the tools.
+
+A *pending turn* is a turn about to be generated: where it hangs in its tree, the observation that
+precedes it, its full context ids and the environment state before it. One round sends every pending
+turn of every tree to the engine as one batch, appends each result to its tree as a new node,
+runs the tool calls of the round in one batch, and returns the turns that continue (one per
+observation).
+
+What ends a trajectory (the node becomes a leaf, with its ``finish``):
+
+| event | finish |
+|---|---|
+| the env says done after a final answer | ``answer`` |
+| the env says done after an EOS / the turn limit | ``eos`` / ``length`` |
+| the response or context budget cannot hold the observation plus a minimal turn | ``length`` |
+| the tool call of the round raised or outlived ``tool_timeout_s`` | ``error`` |
+
+Tool calls the env refused (empty query, call limit, unknown tag …) are observations, not ends: the
+env decides (``SearchQAEnv`` turns agent mistakes into observations and ends at its step limit).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from at2po.core.tree import TurnTree
+from at2po.rollout.codec import Codec
+from at2po.rollout.config import RolloutConfig
+from at2po.rollout.engine import FINISH_LENGTH, FINISH_STOP_TOKEN, Engine, GenerationRequest
+
+MIN_TURN_TOKENS = 8
+"""Observations are cut so this many tokens (or the turn budget, if smaller) remain for a turn."""
+
+
+@dataclass
+class TreeState:
+    """A tree under construction and what the rollout needs beside it.
+
+    ``env_states[n]`` is the environment state after node n's step (for the root: after reset), so
+    the state before any node's turn is its parent's entry.
+    """
+
+    example: Any
+    tree: TurnTree
+    env_states: dict[int, Any]
+
+
+@dataclass(frozen=True)
+class PendingTurn:
+    """A turn about to be generated under ``parent`` of tree ``tree_index``."""
+
+    tree_index: int
+    parent: int
+    obs_ids: tuple[int, ...]
+    context_ids: tuple[int, ...]
+    response_len: int
+    seed: int
+
+
+@dataclass
+class RoundStats:
+    """Counters accumulated over the rounds of one rollout."""
+
+    generated_tokens: int = 0
+    prefill_tokens: int = 0
+    cached_tokens: int = 0
+    tool_calls: int = 0
+    tool_errors: int = 0
+    rounds: int = 0
+    requests: int = 0
+    seconds_generate: float = 0.0
+    seconds_tools: float = 0.0
+    new_nodes: list[tuple[int, int]] = field(default_factory=list)
+
+
+class TurnRunner:
+    """Runs generation rounds for pending turns over a list of :class:`TreeState`."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        codec: Codec,
+        env: Any,
+        cfg: RolloutConfig,
+        pool: ThreadPoolExecutor,
+        seed_rng: random.Random,
+    ) -> None:
+        self.engine, self.codec, self.env, self.cfg = engine, codec, env, cfg
+        self.pool, self.seed_rng = pool, seed_rng
+        self.stats = RoundStats()
+
+    # -------------------------------------------------------------- pending turns
+    def first_turn(self, tree_index: int, trees: Sequence[TreeState]) -> PendingTurn:
+        """A new first turn of ``trees[tree_index]`` (a child of the root)."""
+        return self._pending(tree_index, 0, (), tuple(trees[tree_index].tree.prompt_ids), 0)
+
+    def resample(self, tree_index: int, node_id: int, trees: Sequence[TreeState]) -> PendingTurn:
+        """A new sibling that re-generates node ``node_id``'s turn from that turn's context.
+
+        Picking the root (as expansion may) starts a new first turn.
+        """
+        tree = trees[tree_index].tree
+        node = tree.nodes[node_id]
+        if node.parent is None:
+            return self.first_turn(tree_index, trees)
+        context, response_len = self._context(tree, node.parent)
+        return self._pending(
+            tree_index,
+            node.parent,
+            tuple(node.obs_ids),
+            context + tuple(node.obs_ids),
+            response_len + len(node.obs_ids),
+        )
+
+    def branch(self, p: PendingTurn) -> PendingTurn:
+        """A copy of pending turn ``p`` with its own random stream (a new sibling turn)."""
+        return replace(p, seed=self.seed_rng.randrange(2**31))
+
+    def _pending(
+        self, tree_index: int, parent: int, obs: tuple[int, ...], context: tuple[int, ...], n: int
+    ) -> PendingTurn:
+        return PendingTurn(tree_index, parent, obs, context, n, self.seed_rng.randrange(2**31))
+
+    @staticmethod
+    def _context(tree: TurnTree, node_id: int) -> tuple[tuple[int, ...], int]:
+        """Prompt + response ids up to the end of ``node_id``'s turn, and the response length."""
+        if node_id == 0:
+            return tuple(tree.prompt_ids), 0
+        ids, _, _ = tree.row_tokens(node_id)
+        return tuple(tree.prompt_ids) + tuple(ids), len(ids)
+
+    # -------------------------------------------------------------------- rounds
+    def run(self, pending: list[PendingTurn], trees: Sequence[TreeState]) -> None:
+        """Generate until every pending turn and its continuations have finished."""
+        while pending:
+            pending = self.round(pending, trees)
+
+    def round(self, pending: list[PendingTurn], trees: Sequence[TreeState]) -> list[PendingTurn]:
+        """One batched generation call and the tool calls it triggers; returns the next turns."""
+        cfg = self.cfg
+        requests = [
+            GenerationRequest(
+                prompt_ids=p.context_ids,
+                max_new_tokens=self._budget(p),
+                stop_strings=tuple(self.env.stop_strings),
+                stop_token_ids=self.codec.stop_token_ids,
+                sampling=cfg.sampling,
+                seed=p.seed,
+                return_entropy=cfg.record_entropy,
+            )
+            for p in pending
+        ]
+        start = time.perf_counter()
+        results = self.engine.generate(requests)
+        self.stats.seconds_generate += time.perf_counter() - start
+        self.stats.rounds += 1
+        self.stats.requests += len(requests)
+
+        start = time.perf_counter()
+        for res in results:
+            self.stats.generated_tokens += len(res.token_ids)
+            self.stats.prefill_tokens += res.prefill_tokens
+            self.stats.cached_tokens += res.cached_tokens
+        texts = [self.codec.decode(res.token_ids) for res in results]
+        states = [trees[p.tree_index].env_states[p.parent] for p in pending]
+        cut = [
+            res.finish_reason == FINISH_LENGTH and self._room(p, res) <= self._reserve
+            for p, res in zip(pending, results, strict=True)
+        ]
+        stepping = [i for i, c in enumerate(cut) if not c]
+        outcomes = self._step([states[i] for i in stepping], [texts[i] for i in stepping])
+        outcome_of = dict(zip(stepping, outcomes, strict=True))
+        follow: list[PendingTurn] = []
+        for i, (p, res) in enumerate(zip(pending, results, strict=True)):
+            entry = trees[p.tree_index]
+            node = entry.tree.add_child(
+                p.parent, obs_ids=p.obs_ids, act_ids=res.token_ids, act_logprobs=res.logprobs
+            )
+            self.stats.new_nodes.append((p.tree_index, node.id))
+            outcome = outcome_of.get(i)
+            if cut[i]:
+                node.finish = "length"
+                entry.env_states[node.id] = self.env.end_episode(states[i], texts[i], "length")
+            elif outcome is None:
+                node.finish = "error"
+                entry.env_states[node.id] = self.env.end_episode(states[i], texts[i], "error")
+            else:
+                entry.env_states[node.id] = outcome.state
+                node.finish = _finish_of(res.finish_reason, outcome)
+            if node.finish != "tool_call":
+                self._score_leaf(entry, node.id)
+                continue
+            self.stats.tool_calls += 1
+            nxt = self._after_observation(p, node.id, res.token_ids, outcome.observation)
+            if nxt is None:
+                node.finish = "length"
+                self._score_leaf(entry, node.id)
+            else:
+                follow.append(nxt)
+        self.stats.seconds_tools += time.perf_counter() - start
+        return follow
+
+    def _step(self, states: list[Any], texts: list[str]) -> list[Any] | list[None]:
+        """Step the environment for one round's turns, all at once, within ``tool_timeout_s``.
+
+        A round whose step raises or times out ends each of its trajectories with ``error``.
+        """
+        if not states:
+            return []
+        step_batch = getattr(self.env, "step_batch", None) or self._step_each
+        future = self.pool.submit(step_batch, states, texts)
+        try:
+            return list(future.result(timeout=self.cfg.tool_timeout_s))
+        except Exception:  # a tool fault ends these trajectories; it must not crash the batch
+            self.stats.tool_errors += len(states)
+            return [None] * len(states)
+
+    def _step_each(self, states: list[Any], texts: list[str]) -> list[Any]:
+        return [self.env.step(s, t) for s, t in zip(states, texts, strict=True)]
+
+    @property
+    def _reserve(self) -> int:
+        return min(MIN_TURN_TOKENS, self.cfg.max_turn_tokens)
+
+    def _room(self, p: PendingTurn, res: Any) -> int:
+        """Tokens left for observations and turns after this result."""
+        n = len(res.token_ids)
+        return min(
+            self.cfg.max_response_tokens - p.response_len - n,
+            self.cfg.max_context_tokens - len(p.context_ids) - n,
+        )
+
+    def _budget(self, p: PendingTurn) -> int:
+        cfg = self.cfg
+        room = min(
+            cfg.max_turn_tokens,
+            cfg.max_response_tokens - p.response_len,
+            cfg.max_context_tokens - len(p.context_ids),
+        )
+        return max(1, room)
+
+    def _after_observation(
+        self, p: PendingTurn, node_id: int, act_ids: Sequence[int], observation: str
+    ) -> PendingTurn | None:
+        """The next turn after an observation (cut to fit), or ``None`` when none fits."""
+        room = min(
+            self.cfg.max_response_tokens - p.response_len - len(act_ids),
+            self.cfg.max_context_tokens - len(p.context_ids) - len(act_ids),
+        )
+        if room <= self._reserve:
+            return None
+        obs = tuple(self.codec.encode_observation(observation)[: room - self._reserve])
+        return self._pending(
+            p.tree_index,
+            node_id,
+            obs,
+            p.context_ids + tuple(act_ids) + obs,
+            p.response_len + len(act_ids) + len(obs),
+        )
+
+    def _score_leaf(self, entry: TreeState, node_id: int) -> None:
+        result = self.env.reward(entry.env_states[node_id])
+        node = entry.tree.nodes[node_id]
+        node.reward = float(result.reward)
+        node.scores = {k: float(v) for k, v in result.scores.items()}
+
+
+def _finish_of(engine_finish: str, outcome: Any) -> str:
+    """The tree's finish label for a stepped turn (see the module docstring's table)."""
+    if not outcome.done:
+        return "tool_call"
+    if outcome.info.get("finish") == "answer":
+        return "answer"
+    if engine_finish == FINISH_STOP_TOKEN:
+        return "eos"
+    return "length"
