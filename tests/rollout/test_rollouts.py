@@ -58,11 +58,12 @@ def _teacher_forced_logprobs(model, tree: TurnTree, leaf: int) -> tuple[list[flo
     return [x for x, m in zip(recorded, mask, strict=True) if m], picked
 
 
+@pytest.mark.parametrize("seed", [3, 4, 5])
 @pytest.mark.parametrize("mode", ["chain", "tree", "branching"])
-def test_rows_logprobs_and_masks(parts, mode):
+def test_rows_logprobs_and_masks(parts, mode, seed):
     engine, codec, env, examples, model = parts
     cfg = RolloutConfig(
-        mode=mode, n_rows=5, n_chains=3, expansion_rounds=1, expansion_k=2, seed=3, **SMALL
+        mode=mode, n_rows=5, n_chains=3, expansion_rounds=1, expansion_k=2, seed=seed, **SMALL
     )
     out = rollout(engine, codec, env, examples, cfg)
     assert len(out.groups) == len(examples)

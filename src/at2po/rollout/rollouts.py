@@ -74,7 +74,7 @@ def rollout(
             TreeState(example, TurnTree(codec.encode_prompt(state.prompt_messages())), {0: state})
         )
 
-    picked: list[float] = []
+    picked: set[tuple[int, int]] = set()
     seconds: dict[str, float] = {}
     with ThreadPoolExecutor(max_workers=cfg.tool_workers) as pool:
         runner = TurnRunner(engine, codec, env, cfg, pool, seed_rng)
@@ -101,7 +101,7 @@ def rollout(
                         pick_rng,
                         cfg.sibling_penalty,
                     )
-                    picked += [entry.tree.nodes[x].entropy for x in picks if x != 0]
+                    picked.update((i, x) for x in picks if x != 0)
                     pending += [runner.resample(i, x, trees) for x in picks]
                 runner.run(pending, trees)
             seconds["perf/seconds_expansion"] = time.perf_counter() - start
@@ -161,7 +161,10 @@ def _run_branching(
 
 
 def _metrics(
-    groups: Sequence[PromptGroup], full_trees: Sequence[TurnTree], runner: TurnRunner, picked: list
+    groups: Sequence[PromptGroup],
+    full_trees: Sequence[TurnTree],
+    runner: TurnRunner,
+    picked: set[tuple[int, int]],
 ) -> dict[str, float]:
     """Token, tool and tree-shape counters of one rollout (stable metric names)."""
     stats = runner.stats
@@ -169,9 +172,10 @@ def _metrics(
     row_tokens = sum(len(tree.row_tokens(leaf)[0]) for tree, leaf in rows)
     unique_tokens = sum(len(n.obs_ids) + len(n.act_ids) for g in groups for n in g.tree.nodes[1:])
     depths = [g.tree.depth(leaf) for g in groups for leaf in g.row_leaves]
-    inner = [(t, i) for t in full_trees for i in t.expandable() if i != 0]
+    inner = [(f, i) for f, t in enumerate(full_trees) for i in t.expandable() if i != 0]
     fanout = [len(t.children(i)) for t in full_trees for i in t.expandable()]
-    unpicked = [t.nodes[i].entropy for t, i in inner]
+    picked_h = [full_trees[f].nodes[i].entropy for f, i in inner if (f, i) in picked]
+    unpicked_h = [full_trees[f].nodes[i].entropy for f, i in inner if (f, i) not in picked]
     rewards = [tree.nodes[leaf].reward or 0.0 for tree, leaf in rows]
     finishes = [tree.nodes[leaf].finish for tree, leaf in rows]
     out = {
@@ -193,8 +197,8 @@ def _metrics(
         "perf/seconds_generate": stats.seconds_generate,
         "perf/seconds_tools": stats.seconds_tools,
     }
-    if picked:
-        out["tree/picked_entropy"] = sum(picked) / len(picked)
-    if unpicked:
-        out["tree/node_entropy"] = sum(unpicked) / len(unpicked)
+    if picked_h:
+        out["tree/picked_entropy"] = sum(picked_h) / len(picked_h)
+    if unpicked_h:
+        out["tree/unpicked_entropy"] = sum(unpicked_h) / len(unpicked_h)
     return out
