@@ -31,9 +31,18 @@ d = log π_θ − log π_ref: k1 = d, k2 = d²/2, k3 = ``low_var_kl`` = exp(−d
 ±20, result clamped to ±10, as verl). The total loss is
 policy + kl_coef · agg(KL) − entropy_coef · agg(H).
 
-Masking: tokens outside the mask are replaced by zeros before any arithmetic, so padding that holds
-garbage (inf, NaN) never reaches the loss or the gradient, and a batch or a row without trained
-tokens contributes a finite 0 with zero gradient.
+Gradient: a branch of (1) that carries gradient — −A·r itself or a gradient-preserving bound
+−A·b·r/sg[r] — equals its own derivative in log r, so there ∂L_t/∂log r_t = L_t; a binding hard
+bound, dual clip or log-ratio cap makes it 0 (at an exact tie the gradient is kept). At every level
+∂log r_t/∂log π_θ(y_t) = 1 (the sg construction), so the policy term's gradient is w_t · L_t on the
+tokens that keep it, w_t being the token's aggregation weight. :func:`policy_loss` computes it in
+closed form next to the loss, without an autograd graph, and its backward pass is one multiply.
+Only ``logp_BT`` receives a gradient from the policy term.
+
+Masking: per-turn sums skip the tokens outside every turn, the token ratio is built from ρ set to 0
+off the mask, and the per-token loss, gradient and clip masks are set to 0 (False) there, so padding
+that holds garbage (inf, NaN) never reaches the loss, the gradient or the metrics, and a batch or a
+row without trained tokens contributes a finite 0 with zero gradient.
 """
 
 from __future__ import annotations
@@ -46,6 +55,7 @@ from typing import Literal, get_args
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from at2po.core.segments import TurnSegments
 
@@ -204,20 +214,45 @@ def aggregate(
     _check_choice("mode", mode, AggMode)
     on_BT = mask_BT != 0
     masked_BT = torch.where(on_BT, loss_BT, loss_BT.new_zeros(()))
+    weight = _token_weight(
+        on_BT.sum(dim=1), mode, loss_BT.shape[-1], norm_len, num_tokens, num_rows, loss_BT.dtype
+    )
+    return _weighted_sum(masked_BT, weight)
+
+
+def _token_weight(
+    count_B: Tensor,
+    mode: AggMode,
+    length: int,
+    norm_len: int | None,
+    num_tokens: float | Tensor | None,
+    num_rows: float | Tensor | None,
+    dtype: torch.dtype,
+) -> Tensor:
+    """The weight of each trained token in :func:`aggregate` for rows of ``count_B`` trained
+    tokens: 1 or 1/N for the token modes (a 0-d tensor), and per row (shape (B, 1)) 1/(n_i R),
+    1/R or 1/(R · norm_len) for the sequence modes."""
+    count_B1 = count_B.to(dtype).unsqueeze(1)
+    one = count_B1.new_ones(())
     if mode == "token-sum":
-        return masked_BT.sum()
+        return one
     if mode == "token-mean":
-        denom = on_BT.sum().clamp(min=1) if num_tokens is None else num_tokens
-        return masked_BT.sum() / denom
-    count_B = on_BT.sum(dim=1)
-    rows = (count_B > 0).sum().clamp(min=1) if num_rows is None else num_rows
-    row_sum_B = masked_BT.sum(dim=1)
+        return one / (count_B1.sum().clamp(min=1) if num_tokens is None else num_tokens)
+    rows = (count_B1 > 0).sum().clamp(min=1) if num_rows is None else num_rows
+    ones_B1 = torch.ones_like(count_B1)
     if mode == "seq-mean-token-mean":
-        return (row_sum_B / count_B.clamp(min=1)).sum() / rows
+        return ones_B1 / (count_B1.clamp(min=1) * rows)
     if mode == "seq-mean-token-sum":
-        return row_sum_B.sum() / rows
-    scale = loss_BT.shape[-1] if norm_len is None else norm_len
-    return row_sum_B.sum() / rows / scale
+        return ones_B1 / rows
+    return ones_B1 / (rows * (length if norm_len is None else norm_len))
+
+
+def _weighted_sum(masked_BT: Tensor, weight: Tensor) -> Tensor:
+    """Σ_t w_t L_t for per-token losses that are 0 off the mask and a weight from
+    :func:`_token_weight` (one sum over the batch for a 0-d weight, as verl sums)."""
+    if weight.dim() == 0:
+        return masked_BT.sum() * weight
+    return (masked_BT.sum(dim=1, keepdim=True) * weight).sum()
 
 
 def kl_estimate(logp_BT: Tensor, ref_logp_BT: Tensor, estimator: KLEstimator) -> Tensor:
@@ -315,27 +350,42 @@ def policy_loss(
     """
     cfg = policy_loss_config(config) if isinstance(config, str) else config
     _check_inputs(logp_BT, old_logp_BT=old_logp_BT, adv_BT=adv_BT, mask_BT=mask_BT)
-    on_BT = mask_BT != 0
-    zero = logp_BT.new_zeros(())
-    logp_BT = torch.where(on_BT, logp_BT, zero)
-    log_ratio_BT = torch.where(on_BT, logp_BT - old_logp_BT, zero)
-    adv_BT = torch.where(on_BT, adv_BT, zero)
-    segments = TurnSegments.from_mask(mask_BT, turn_BT)
+    if cfg.entropy_adv_beta != 0.0 and entropy_BT is None:
+        raise ValueError(
+            "entropy_adv_beta ≠ 0 needs per-token entropy: pass entropy_BT, or set "
+            "entropy_adv_beta=0 to turn AEPO's entropy-balanced advantage off"
+        )
+    on_BT = mask_BT.bool()
+    segments = TurnSegments.from_mask(on_BT, turn_BT)
+    count_B = segments.lengths_BK.sum(dim=1)
+    needs_grad = logp_BT.requires_grad and torch.is_grad_enabled()
 
-    if cfg.entropy_adv_beta != 0.0:
-        if entropy_BT is None:
-            raise ValueError(
-                "entropy_adv_beta ≠ 0 needs per-token entropy: pass entropy_BT, or set "
-                "entropy_adv_beta=0 to turn AEPO's entropy-balanced advantage off"
-            )
-        adv_BT = entropy_balanced_advantage(adv_BT, entropy_BT, mask_BT, cfg.entropy_adv_beta)
+    with torch.no_grad():
+        if cfg.entropy_adv_beta != 0.0:
+            adv_BT = entropy_balanced_advantage(adv_BT, entropy_BT, mask_BT, cfg.entropy_adv_beta)
+        turn_kl_BK = segments.sum(logp_BT.detach() - old_logp_BT)  # off-mask garbage is dropped
+        ratio, capped, ratio_count = _ratio(logp_BT, old_logp_BT, on_BT, turn_kl_BK, segments, cfg)
+        ratio_stats = _ratio_stats(ratio, ratio_count)
 
-    turn_kl_BK = segments.sum(log_ratio_BT.detach())
-    log_r_BT = _log_ratio(logp_BT, log_ratio_BT, on_BT, segments, turn_kl_BK, cfg)
-    loss_BT, ratio_BT, clips = _clipped_surrogate(log_r_BT, adv_BT, cfg)
-    pg_loss = aggregate(
-        loss_BT, mask_BT, cfg.agg, norm_len=cfg.norm_len, num_tokens=num_tokens, num_rows=num_rows
-    )
+        def to_tokens(level: Tensor) -> Tensor:  # a new (B, T) tensor
+            if cfg.ratio == "turn":
+                return segments.broadcast(level)
+            return level.expand_as(adv_BT).contiguous()
+
+        ratio_BT = to_tokens(ratio.to(torch.promote_types(ratio.dtype, adv_BT.dtype)))
+        loss_BT, cut_BT, clip_counts = _clipped_surrogate(ratio_BT, adv_BT, on_BT, cfg)
+        weight = _token_weight(
+            count_B, cfg.agg, mask_BT.shape[-1], cfg.norm_len, num_tokens, num_rows, loss_BT.dtype
+        )
+        pg_loss = _weighted_sum(loss_BT, weight)
+        if needs_grad:  # the gradient overwrites the per-token loss, no longer needed
+            if bool(capped.any()):  # rare: where the cap binds the gradient is 0 too
+                capped_BT = to_tokens(capped)
+                cut_BT = capped_BT if cut_BT is None else cut_BT | capped_BT
+            kept_BT = loss_BT if cut_BT is None else loss_BT.masked_fill_(cut_BT, 0.0)
+            grad_BT = kept_BT.mul_(weight)
+    if needs_grad:
+        pg_loss = _KnownGradient.apply(logp_BT, pg_loss, grad_BT)
     total = pg_loss
     metrics: dict[str, Tensor] = {"loss/policy": pg_loss.detach()}
 
@@ -343,7 +393,9 @@ def policy_loss(
         raise ValueError("kl_coef ≠ 0 needs reference log-probs: pass ref_logp_BT or set kl_coef=0")
     if ref_logp_BT is not None:
         _check_inputs(logp_BT, ref_logp_BT=ref_logp_BT)
-        kl_BT = kl_estimate(logp_BT, torch.where(on_BT, ref_logp_BT, zero), cfg.kl_estimator)
+        kl_BT = kl_estimate(
+            torch.where(on_BT, logp_BT, 0.0), torch.where(on_BT, ref_logp_BT, 0.0), cfg.kl_estimator
+        )
         kl = aggregate(
             kl_BT, mask_BT, cfg.agg, norm_len=cfg.norm_len, num_tokens=num_tokens, num_rows=num_rows
         )
@@ -366,91 +418,126 @@ def policy_loss(
         metrics["loss/entropy"] = ent.detach()
 
     metrics["loss/total"] = total.detach()
-    metrics.update(_diagnostics(ratio_BT, log_ratio_BT, on_BT, segments, turn_kl_BK, clips))
+    metrics.update(_diagnostics(ratio_stats, count_B, segments, turn_kl_BK, clip_counts))
     return total, metrics
 
 
-def _log_ratio(
+class _KnownGradient(torch.autograd.Function):
+    """``value`` as a function of ``logp_BT`` whose gradient ``grad_BT`` was computed in closed form
+    along with it, so that the backward pass is a single multiply."""
+
+    @staticmethod
+    def forward(ctx, logp_BT: Tensor, value: Tensor, grad_BT: Tensor) -> Tensor:
+        ctx.save_for_backward(grad_BT)
+        ctx.logp_dtype = logp_BT.dtype
+        return value.clone()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out: Tensor) -> tuple[Tensor, None, None]:
+        (grad_BT,) = ctx.saved_tensors
+        return (grad_out * grad_BT).to(ctx.logp_dtype), None, None
+
+
+def _ratio(
     logp_BT: Tensor,
-    log_ratio_BT: Tensor,
+    old_logp_BT: Tensor,
     on_BT: Tensor,
-    segments: TurnSegments,
     turn_kl_BK: Tensor,
+    segments: TurnSegments,
     cfg: PolicyLossConfig,
-) -> Tensor:
-    """log r_t at the configured level, capped from above (``turn_kl_BK`` = Σ ρ per turn)."""
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The ratio r at the configured level (per token, turn or row), capped from above at
+    exp(``log_ratio_cap``); where the cap binds (log r > cap: no gradient); and the number of
+    trained tokens each ratio stands for (the mask for token ratios).
+
+    Turn and sequence ratios come from ``turn_kl_BK`` (Σ ρ per turn). Off the mask the token ratio
+    is 1 (ρ is zeroed there, whatever the inputs hold).
+    """
+    cap = cfg.log_ratio_cap
     if cfg.ratio == "token":
-        return log_ratio_BT.clamp(max=cfg.log_ratio_cap)
+        ratio_BT = logp_BT.detach() - old_logp_BT
+        torch.where(on_BT, ratio_BT, ratio_BT.new_zeros(()), out=ratio_BT)
+        capped_BT = ratio_BT > cap
+        return ratio_BT.clamp_(max=cap).exp_(), capped_BT, on_BT
     if cfg.ratio == "turn":
-        level_BT = segments.broadcast(turn_kl_BK / segments.lengths_BK.clamp(min=1))
+        count = segments.lengths_BK
+        level = turn_kl_BK / count.clamp(min=1)
     else:
-        count_B1 = on_BT.sum(dim=1, keepdim=True).clamp(min=1)
-        level_BT = turn_kl_BK.sum(dim=1, keepdim=True) / count_B1
-    return (level_BT + (logp_BT - logp_BT.detach())).clamp(max=cfg.log_ratio_cap)
+        count = segments.lengths_BK.sum(dim=1, keepdim=True)
+        level = turn_kl_BK.sum(dim=1, keepdim=True) / count.clamp(min=1)
+    return level.clamp(max=cap).exp(), level > cap, count
+
+
+def _ratio_stats(ratio: Tensor, ratio_count: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Σ of the ratio over trained tokens, and its min and max over them (±inf when there is none);
+    ``ratio_count`` holds the number of trained tokens behind each value of ``ratio``."""
+    present = ratio_count != 0
+    total = (ratio * ratio_count).sum()
+    if not ratio.numel():
+        return total, ratio.new_full((), math.inf), ratio.new_full((), -math.inf)
+    lowest = torch.where(present, ratio, math.inf).amin()
+    return total, lowest, torch.where(present, ratio, -math.inf).amax()
 
 
 def _clipped_surrogate(
-    log_r_BT: Tensor, adv_BT: Tensor, cfg: PolicyLossConfig
-) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor, Tensor | None]]:
-    """Per-token loss (1) with the configured clip variant and dual clip, the ratio, and where the
-    low, high and dual clips bind (``None`` for dual without dual clip).
+    ratio_BT: Tensor, adv_BT: Tensor, on_BT: Tensor, cfg: PolicyLossConfig
+) -> tuple[Tensor, Tensor | None, tuple[Tensor, Tensor, Tensor | None]]:
+    """Per-token loss (1) with the dual clip, 0 off the mask; the tokens whose gradient the clip
+    cuts (``None`` when none can be); and the numbers of tokens where the low, high and dual clips
+    bind (``None`` for dual without dual clip). ``ratio_BT`` is overwritten (it becomes the loss);
+    whatever ``adv_BT`` holds off the mask is masked out of every result.
 
-    A gradient-preserving bound b is written b · exp(log r − sg[log r]): value b, gradient b·∇log r.
+    With P = A·r and P̄ = A·clip(r, 1 − ε_low, 1 + ε_high), (1) is −min(P, P̄); a bound binds
+    where P > P̄ (A < 0 and r < 1 − ε_low: low; A > 0 and r > 1 + ε_high: high). A hard bound cuts
+    the gradient there, a gradient-preserving one keeps it (``clip_grad``), and a binding dual clip
+    always cuts it.
     """
-    ratio_BT = log_r_BT.exp()
-    low, high = 1.0 - cfg.clip_low, 1.0 + cfg.clip_high
-    above_BT = ratio_BT.detach() > high
-    below_BT = ratio_BT.detach() < low
-    if cfg.clip_grad == "hard":
-        clipped_BT = ratio_BT.clamp(low, high)
-    else:
-        unit_BT = (log_r_BT - log_r_BT.detach()).exp()
-        lower_BT = low * unit_BT if cfg.clip_grad == "both" else low
-        upper_BT = high * unit_BT
-        clipped_BT = torch.where(above_BT, upper_BT, torch.where(below_BT, lower_BT, ratio_BT))
-    loss_BT = torch.maximum(-adv_BT * ratio_BT, -adv_BT * clipped_BT)
+    adv_clipped_BT = ratio_BT.clamp(1.0 - cfg.clip_low, 1.0 + cfg.clip_high).mul_(adv_BT)
+    adv_ratio_BT = ratio_BT.mul_(adv_BT)
+    bound_BT = adv_ratio_BT > adv_clipped_BT
+    bound_BT &= on_BT
+    loss_BT = torch.minimum(adv_ratio_BT, adv_clipped_BT, out=adv_ratio_BT).neg_()
+    del adv_clipped_BT  # large; no longer needed
+    torch.where(on_BT, loss_BT, loss_BT.new_zeros(()), out=loss_BT)
     neg_BT = adv_BT < 0
-    clip_low_BT = neg_BT & below_BT
-    clip_high_BT = (adv_BT > 0) & above_BT
+    neg_BT &= on_BT
+    low_BT = bound_BT & neg_BT
+    num_bound, num_low = torch.count_nonzero(bound_BT), torch.count_nonzero(low_BT)
+    cut_BT = {"hard": bound_BT, "upper": low_BT, "both": None}[cfg.clip_grad]
     if cfg.dual_clip is None:
-        return loss_BT, ratio_BT, (clip_low_BT, clip_high_BT, None)
-    floor_BT = -adv_BT * cfg.dual_clip
-    dual_BT = neg_BT & (loss_BT.detach() > floor_BT)
-    loss_BT = torch.where(neg_BT, torch.minimum(loss_BT, floor_BT), loss_BT)
-    return loss_BT, ratio_BT, (clip_low_BT, clip_high_BT, dual_BT)
+        return loss_BT, cut_BT, (num_low, num_bound - num_low, None)
+    floor_BT = adv_BT * -cfg.dual_clip
+    dual_BT = neg_BT & (loss_BT > floor_BT)
+    torch.where(dual_BT, floor_BT, loss_BT, out=loss_BT)
+    cut_BT = dual_BT if cut_BT is None else cut_BT | dual_BT
+    return loss_BT, cut_BT, (num_low, num_bound - num_low, torch.count_nonzero(dual_BT))
 
 
 def _diagnostics(
-    ratio_BT: Tensor,
-    log_ratio_BT: Tensor,
-    on_BT: Tensor,
+    ratio_stats: tuple[Tensor, Tensor, Tensor],
+    count_B: Tensor,
     segments: TurnSegments,
     turn_kl_BK: Tensor,
-    clips: tuple[Tensor, Tensor, Tensor | None],
+    clip_counts: tuple[Tensor, Tensor, Tensor | None],
 ) -> dict[str, Tensor]:
     """Clip fractions, ratio mean/min/max over trained tokens (1 when there is none), approx KL,
     turns per non-empty row and the turn entropy; all detached."""
     with torch.no_grad():
-        ratio_BT = ratio_BT.detach()
-        count = torch.count_nonzero(on_BT)
+        count = count_B.sum()
         tokens = count.clamp(min=1)
         has_tokens = count > 0
-        one = ratio_BT.new_ones(())
-        lowest = torch.where(on_BT, ratio_BT, math.inf).amin() if ratio_BT.numel() else one
-        highest = torch.where(on_BT, ratio_BT, -math.inf).amax() if ratio_BT.numel() else one
-        clip_low_BT, clip_high_BT, dual_BT = clips
-        rows_B = on_BT.any(dim=1)
-        n_turns_B = segments.num_turns_B.to(ratio_BT.dtype)
+        ratio_sum, lowest, highest = ratio_stats
+        one = ratio_sum.new_ones(())
+        num_low, num_high, num_dual = clip_counts
+        rows_B = count_B > 0
+        n_turns_B = segments.num_turns_B.to(one.dtype)
         return {
-            "policy/clipfrac_low": torch.count_nonzero(clip_low_BT) / tokens,
-            "policy/clipfrac_high": torch.count_nonzero(clip_high_BT) / tokens,
-            "policy/clipfrac_dual": (
-                ratio_BT.new_zeros(()) if dual_BT is None else torch.count_nonzero(dual_BT) / tokens
-            ),
-            "policy/approx_kl": -log_ratio_BT.detach().sum() / tokens,
-            "policy/ratio_mean": torch.where(
-                has_tokens, torch.where(on_BT, ratio_BT, 0.0).sum() / tokens, one
-            ),
+            "policy/clipfrac_low": num_low / tokens,
+            "policy/clipfrac_high": num_high / tokens,
+            "policy/clipfrac_dual": one.new_zeros(()) if num_dual is None else num_dual / tokens,
+            "policy/approx_kl": -turn_kl_BK.sum() / tokens,
+            "policy/ratio_mean": torch.where(has_tokens, ratio_sum / tokens, one),
             "policy/ratio_min": torch.where(has_tokens, lowest, one),
             "policy/ratio_max": torch.where(has_tokens, highest, one),
             "turn/turns_per_row": (n_turns_B * rows_B).sum() / rows_B.sum().clamp(min=1),
