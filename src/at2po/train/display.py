@@ -1,0 +1,94 @@
+"""What a run shows on the terminal: a progress bar with the current phase, live reward and EM, and
+a one-screen summary at the end. Everything goes to stderr; ``enabled=False`` shows nothing."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+
+class TrainDisplay:
+    """Progress of the steps of one run, with the phase being run and the latest numbers."""
+
+    def __init__(self, console: Console, enabled: bool, total_steps: int, done_steps: int) -> None:
+        self._progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[phase]:<14}"),
+            TextColumn("reward {task.fields[reward]}"),
+            TextColumn("EM {task.fields[em]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            disable=not enabled,
+        )
+        self._task = self._progress.add_task(
+            "train", total=total_steps, completed=done_steps, phase="", reward="–", em="–"
+        )
+
+    def __enter__(self) -> TrainDisplay:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.stop()
+
+    def phase(self, name: str) -> None:
+        self._progress.update(self._task, phase=name)
+
+    def eval_progress(self, done: int, total: int) -> None:
+        self._progress.update(self._task, phase=f"eval {done}/{total}")
+
+    def step_done(self, metrics: Mapping[str, float]) -> None:
+        fields: dict[str, Any] = {"phase": ""}
+        if "reward/mean" in metrics:
+            fields["reward"] = f"{metrics['reward/mean']:+.3f}"
+        if "eval/em" in metrics:
+            fields["em"] = f"{metrics['eval/em']:.3f}"
+        self._progress.update(self._task, advance=1, **fields)
+
+
+def summary_table(
+    name: str,
+    before: Mapping[str, float] | None,
+    after: Mapping[str, float] | None,
+    best: tuple[int, float] | None,
+    steps: int,
+    generated_tokens: int,
+    seconds: float,
+    run_dir: str,
+) -> Table:
+    """Held-out EM and F1 before and after, the best EM, tokens, steps and time of a run."""
+    table = Table(title=f"at2po train · {name}", show_header=True, header_style="bold")
+    table.add_column("")
+    table.add_column("before", justify="right")
+    table.add_column("after", justify="right")
+    table.add_column("change", justify="right")
+    for key, label in (("eval/em", "held-out EM"), ("eval/f1", "held-out F1")):
+        first = None if before is None else before.get(key)
+        last = None if after is None else after.get(key)
+        change = f"{last - first:+.3f}" if first is not None and last is not None else ""
+        table.add_row(label, _fmt(first), _fmt(last), change)
+    if best is not None:
+        table.add_row("best EM", "", f"{best[1]:.3f}", f"step {best[0]}")
+    table.add_row("steps", "", str(steps), "")
+    table.add_row("generated tokens", "", f"{generated_tokens:,}", "")
+    table.add_row("wall time", "", f"{seconds / 60:.1f} min", "")
+    table.caption = f"run directory: {run_dir}"
+    return table
+
+
+def _fmt(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f}"

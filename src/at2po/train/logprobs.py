@@ -1,0 +1,117 @@
+"""Log-probs (and entropies) of the rows' tokens under the training model, micro-batched.
+
+For row b and position t, with z[b, t−1] the logits the model computes at position t − 1 (they
+predict token t) and T the rollout temperature:
+
+    logp[b, t] = log_softmax(z[b, t−1] / T)[x[b, t]] = z[b, t−1, x_t]/T − logsumexp(z[b, t−1]/T)
+    H[b, t]    = logsumexp(z/T) − Σ_v softmax(z/T)_v · z_v / T
+
+This is the distribution the engine records (:mod:`at2po.rollout.engine`), so recomputed and
+rollout log-probs agree to float error. Positions before the micro-batch's shortest prompt get 0:
+no trained token lies there, so the LM head is only run from that prompt's last token on
+(``logits_to_keep``), which skips most of the vocabulary projection of the shared prompt.
+
+Micro-batches (:func:`micro_batches`) hold at most ``token_budget`` padded tokens (rows × longest
+row) and are cut to their longest row, longest rows first so similar lengths share a batch.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+
+EntropyMode = Literal["none", "detached", "grad"]
+
+
+def micro_batches(lengths: Sequence[int], token_budget: int) -> list[list[int]]:
+    """Indices into ``lengths`` grouped so that rows × longest row ≤ ``token_budget`` (a row longer
+    than the budget goes alone), longest rows first."""
+    if token_budget < 1:
+        raise ValueError(f"token_budget={token_budget} must be at least 1")
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    groups: list[list[int]] = []
+    for i in order:
+        if groups and (len(groups[-1]) + 1) * lengths[groups[-1][0]] <= token_budget:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
+def _keeps_logits(model: torch.nn.Module) -> bool:
+    return "logits_to_keep" in inspect.signature(model.forward).parameters
+
+
+def token_logprobs(
+    model: torch.nn.Module,
+    input_ids_BT: torch.Tensor,
+    attention_mask_BT: torch.Tensor,
+    start: int,
+    temperature: float = 1.0,
+    entropy: EntropyMode = "none",
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(logp_BT, entropy_BT)`` of every token from position ``start`` on (0 before it).
+
+    ``start`` ≥ 1 is the first position whose log-prob is needed (the shortest prompt length).
+    ``entropy``: ``none`` skips it, ``detached`` computes it without gradient, ``grad`` with.
+    Gradients flow into ``logp_BT`` when grad mode is on.
+    """
+    batch, width = input_ids_BT.shape
+    if not 1 <= start < width:
+        raise ValueError(f"start={start} must lie in [1, {width}) (a prompt token comes first)")
+    keep = width - start + 1
+    kwargs = {"logits_to_keep": keep} if _keeps_logits(model) else {}
+    logits = model(input_ids=input_ids_BT, attention_mask=attention_mask_BT, **kwargs).logits
+    z_BKV = logits[:, -keep:-1].float()
+    if temperature != 1.0:
+        z_BKV = z_BKV / temperature
+    lse_BK = torch.logsumexp(z_BKV, dim=-1)
+    targets_BK = input_ids_BT[:, start:]
+    picked_BK = z_BKV.gather(-1, targets_BK.unsqueeze(-1)).squeeze(-1)
+    lead_BS = z_BKV.new_zeros((batch, start))
+    logp_BT = torch.cat([lead_BS, picked_BK - lse_BK], dim=1)
+    if entropy == "none":
+        return logp_BT, None
+    with torch.set_grad_enabled(entropy == "grad" and torch.is_grad_enabled()):
+        probs_BKV = torch.softmax(z_BKV, dim=-1)
+        ent_BK = lse_BK - (probs_BKV * z_BKV).sum(dim=-1)
+    return logp_BT, torch.cat([lead_BS, ent_BK], dim=1)
+
+
+def recompute_logprobs(
+    model: torch.nn.Module,
+    input_ids_BT: torch.Tensor,
+    attention_mask_BT: torch.Tensor,
+    prompt_len_B: torch.Tensor,
+    temperature: float,
+    token_budget: int,
+    with_entropy: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probs (and entropies) of whole rows without gradient, micro-batch by micro-batch.
+
+    Returns CPU float32 tensors of the rows' shape.
+    """
+    device = next(model.parameters()).device
+    lengths = attention_mask_BT.sum(dim=1).tolist()
+    logp_BT = torch.zeros(input_ids_BT.shape, dtype=torch.float32)
+    entropy_BT = torch.zeros(input_ids_BT.shape, dtype=torch.float32) if with_entropy else None
+    with torch.no_grad():
+        for group in micro_batches(lengths, token_budget):
+            index = torch.tensor(group)
+            width = int(max(lengths[i] for i in group))
+            start = int(prompt_len_B[index].min())
+            logp, ent = token_logprobs(
+                model,
+                input_ids_BT[index, :width].to(device),
+                attention_mask_BT[index, :width].to(device),
+                start,
+                temperature,
+                "detached" if with_entropy else "none",
+            )
+            logp_BT[index, :width] = logp.float().cpu()
+            if entropy_BT is not None and ent is not None:
+                entropy_BT[index, :width] = ent.float().cpu()
+    return logp_BT, entropy_BT
