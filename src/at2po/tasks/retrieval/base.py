@@ -21,3 +21,11 @@ class Retriever(Protocol):
     """``search(queries, k)`` returns, for each query, at most ``k`` passages, best first."""
 
     def search(self, queries: Sequence[str], k: int) -> list[list[Passage]]: ...
+
+
+def check_search_args(queries: Sequence[str], k: int) -> None:
+    """The argument checks every :meth:`Retriever.search` starts with."""
+    if isinstance(queries, str):
+        raise TypeError("search takes a sequence of queries; wrap a single query in a list")
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")

@@ -22,7 +22,7 @@ from pathlib import Path
 import bm25s
 import numpy as np
 
-from at2po.tasks.retrieval.base import Passage
+from at2po.tasks.retrieval.base import Passage, check_search_args
 from at2po.tasks.retrieval.corpus import Document, load_corpus, write_corpus
 
 INDEX_FORMAT = 1
@@ -54,10 +54,7 @@ class BM25Retriever:
 
     def search(self, queries: Sequence[str], k: int) -> list[list[Passage]]:
         """For each query, at most ``k`` passages with a positive BM25 score, best first."""
-        if isinstance(queries, str):
-            raise TypeError("search takes a sequence of queries; wrap a single query in a list")
-        if k < 1:
-            raise ValueError(f"k must be at least 1, got {k}")
+        check_search_args(queries, k)
         if not queries:
             return []
         query_tokens = _tokenize(list(queries), as_ids=False)

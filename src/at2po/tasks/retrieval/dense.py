@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from rich.progress import track
 
-from at2po.tasks.retrieval.base import Passage
+from at2po.tasks.retrieval.base import Passage, check_search_args
 from at2po.tasks.retrieval.corpus import Document, documents_fingerprint
 
 try:
@@ -137,10 +137,7 @@ class DenseRetriever:
 
     def search(self, queries: Sequence[str], k: int) -> list[list[Passage]]:
         """For each query, the ``k`` documents of highest cosine similarity, best first."""
-        if isinstance(queries, str):
-            raise TypeError("search takes a sequence of queries; wrap a single query in a list")
-        if k < 1:
-            raise ValueError(f"k must be at least 1, got {k}")
+        check_search_args(queries, k)
         if not queries:
             return []
         query_emb_QD = self._encode(list(queries))

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import httpx
 
-from at2po.tasks.retrieval.base import Passage
+from at2po.tasks.retrieval.base import Passage, check_search_args
 
 _RETRYABLE_STATUS = frozenset({500, 502, 503, 504})
 
@@ -61,10 +61,7 @@ class HTTPRetriever:
 
     def search(self, queries: Sequence[str], k: int) -> list[list[Passage]]:
         """One ``/retrieve`` call for all queries; raises :class:`RetrievalError` subclasses."""
-        if isinstance(queries, str):
-            raise TypeError("search takes a sequence of queries; wrap a single query in a list")
-        if k < 1:
-            raise ValueError(f"k must be at least 1, got {k}")
+        check_search_args(queries, k)
         if not queries:
             return []
         payload = {"queries": list(queries), "topk": k, "return_scores": True}
