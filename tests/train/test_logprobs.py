@@ -38,15 +38,22 @@ def _reference_logprobs(model, ids_BT, mask_BT, temperature):
     return out
 
 
-@pytest.mark.parametrize("temperature", [1.0, 0.7])
-def test_token_logprobs_match_an_independent_computation(policy, temperature):
-    model, _ = policy
-    generator = torch.Generator().manual_seed(0)
-    ids_BT = torch.randint(3, 500, (3, 20), generator=generator)
+def _rows(shared: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Three rows of random ids, the first ``shared`` the same in every row, two right-padded."""
+    generator = torch.Generator().manual_seed(seed)
+    ids_BT = torch.randint(3, 500, (3, shared + 20), generator=generator)
+    ids_BT[:, :shared] = ids_BT[0, :shared]
     mask_BT = torch.ones_like(ids_BT)
-    mask_BT[1, 14:] = 0  # a right-padded row
-    mask_BT[2, 17:] = 0
-    start = 6
+    mask_BT[1, shared + 14 :] = 0
+    mask_BT[2, shared + 17 :] = 0
+    return ids_BT, mask_BT
+
+
+@pytest.mark.parametrize(("temperature", "shared"), [(1.0, 0), (0.7, 0), (1.0, 24), (0.7, 24)])
+def test_token_logprobs_match_an_independent_computation(policy, temperature, shared):
+    model, _ = policy
+    ids_BT, mask_BT = _rows(shared)
+    start = shared + 6
     with torch.no_grad():
         logp_BT, ent_BT = token_logprobs(model, ids_BT, mask_BT, start, temperature, "detached")
         expected_BT = _reference_logprobs(model, ids_BT, mask_BT, temperature)
@@ -55,10 +62,31 @@ def test_token_logprobs_match_an_independent_computation(policy, temperature):
     assert torch.allclose(logp_BT[on_BT], expected_BT[on_BT].float(), atol=1e-5)
     assert (logp_BT[:, :start] == 0).all()
     # entropy by its definition −Σ p log p, at one position
+    t = start + 3
     with torch.no_grad():
-        logits = model(input_ids=ids_BT[:1, :10]).logits[0, 8].double() / temperature
+        logits = model(input_ids=ids_BT[:1, :t]).logits[0, t - 1].double() / temperature
     p = torch.softmax(logits, -1)
-    assert ent_BT[0, 9].item() == pytest.approx(float(-(p * p.log()).sum()), abs=1e-4)
+    assert ent_BT[0, t].item() == pytest.approx(float(-(p * p.log()).sum()), abs=1e-4)
+
+
+def test_shared_prefix_forward_gives_the_plain_gradients(policy, monkeypatch):
+    model, _ = policy
+    ids_BT, mask_BT = _rows(shared=24, seed=1)
+    weights_BT = torch.randn(ids_BT.shape, generator=torch.Generator().manual_seed(2)) * mask_BT
+
+    def gradients() -> list[torch.Tensor]:
+        model.zero_grad(set_to_none=True)
+        logp_BT, _ = token_logprobs(model, ids_BT, mask_BT, 26, 1.0)
+        (logp_BT * weights_BT).sum().backward()
+        return [p.grad.clone() for p in model.parameters()]
+
+    shared = gradients()
+    monkeypatch.setattr("at2po.train.logprobs.MIN_SHARED_PREFIX", 10**9)  # plain forward
+    plain = gradients()
+    model.zero_grad(set_to_none=True)
+    for a, b in zip(shared, plain, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    assert any(float(g.abs().max()) > 0 for g in plain)
 
 
 def test_gradient_flows_into_logprobs_only_with_grad_mode(policy):

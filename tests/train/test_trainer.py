@@ -97,7 +97,6 @@ def test_resuming_from_a_checkpoint_reproduces_the_rest_of_the_run(tiny_policy_d
     assert resumed[3]["policy/grad_norm"] > 0  # the weights really moved after the checkpoint
 
 
-@pytest.mark.slow
 def test_a_killed_run_resumes_exactly(tiny_policy_dir, tmp_path):
     """Three processes, as in real use: an uninterrupted run, a run killed (SIGKILL) after its
     step-2 checkpoint, and ``--resume`` of the killed run."""

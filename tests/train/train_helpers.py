@@ -39,6 +39,7 @@ def fast_overrides(model_dir: Path, out_dir: Path) -> list[str]:
     """Settings that make a training step take about a second on a CPU."""
     return [
         f"model.path={model_dir}",
+        "model.threads=1",
         f"out_dir={out_dir}",
         "task.worlds.n_train=40",
         "task.worlds.n_dev=8",

@@ -25,7 +25,7 @@ from at2po.rollout.rollouts import rollout
 from at2po.tasks.datasets import QAExample
 from at2po.train.checkpoint import CONFIG_FILE
 from at2po.train.config import ConfigError, TrainConfig, load_config
-from at2po.train.policy import build_engine, load_model, load_tokenizer
+from at2po.train.policy import build_engine, load_model, load_tokenizer, set_threads
 from at2po.train.task import build_task
 
 SCORES = ("em", "f1", "format_ok", "answered", "tool_calls")
@@ -99,6 +99,7 @@ def evaluate_checkpoint(
         )
     extra = [f"train.eval_split={split}"] if split is not None else []
     cfg = load_config(path / CONFIG_FILE, [*overrides, *extra])
+    set_threads(cfg.model)
     task = build_task(cfg.task)
     examples = task.split(cfg.train.eval_split)[: cfg.train.eval_size]
     tokenizer = load_tokenizer(path)

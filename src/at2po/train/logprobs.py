@@ -11,6 +11,13 @@ rollout log-probs agree to float error. Positions before the micro-batch's short
 no trained token lies there, so the LM head is only run from that prompt's last token on
 (``logits_to_keep``), which skips most of the vocabulary projection of the shared prompt.
 
+Shared prefix: the rows of a micro-batch usually begin with the same tokens (the instruction of
+the prompt, or a whole prompt and earlier turns in a tree). When P ≥ ``MIN_SHARED_PREFIX`` leading
+tokens are the same real token in every row (and none is a log-prob target), they are run once
+for one row, their keys/values repeated over the batch, and only the rest of each row is run on
+top (with its true positions). Gradients flow through the shared keys/values, so log-probs and
+their gradients are those of the plain forward (to float rounding) at a fraction of the cost.
+
 Micro-batches (:func:`micro_batches`) hold at most ``token_budget`` padded tokens (rows × longest
 row) and are cut to their longest row, longest rows first so similar lengths share a batch.
 """
@@ -22,8 +29,12 @@ from collections.abc import Sequence
 from typing import Literal
 
 import torch
+from transformers import DynamicCache
 
 EntropyMode = Literal["none", "detached", "grad"]
+
+MIN_SHARED_PREFIX = 16
+"""Shorter shared prefixes are not worth a separate forward."""
 
 
 def micro_batches(lengths: Sequence[int], token_budget: int) -> list[list[int]]:
@@ -41,8 +52,43 @@ def micro_batches(lengths: Sequence[int], token_budget: int) -> list[list[int]]:
     return groups
 
 
-def _keeps_logits(model: torch.nn.Module) -> bool:
-    return "logits_to_keep" in inspect.signature(model.forward).parameters
+def shared_prefix_length(
+    input_ids_BT: torch.Tensor, attention_mask_BT: torch.Tensor, limit: int
+) -> int:
+    """Leading positions (at most ``limit``) where every row holds the same real token."""
+    same_T = (input_ids_BT == input_ids_BT[:1]).all(dim=0) & attention_mask_BT.bool().all(dim=0)
+    return min(int(same_T.long().cumprod(dim=0).sum()), limit)
+
+
+def _forward_logits(
+    model: torch.nn.Module,
+    input_ids_BT: torch.Tensor,
+    attention_mask_BT: torch.Tensor,
+    keep: int,
+    prefix: int,
+) -> torch.Tensor:
+    """Logits of the last ``keep`` positions, running a shared prefix of ``prefix`` tokens once
+    (module docstring) when it is long enough and there is more than one row."""
+    params = inspect.signature(model.forward).parameters
+    kwargs = {"logits_to_keep": keep} if "logits_to_keep" in params else {}
+    batch, width = input_ids_BT.shape
+    if prefix < MIN_SHARED_PREFIX or batch == 1:
+        return model(input_ids=input_ids_BT, attention_mask=attention_mask_BT, **kwargs).logits
+    cache_kwarg = "cache" if "cache" in params else "past_key_values"
+    cache = DynamicCache()
+    prefix_kwargs = {"logits_to_keep": 1} if kwargs else {}
+    model(
+        input_ids=input_ids_BT[:1, :prefix], use_cache=True, **{cache_kwarg: cache}, **prefix_kwargs
+    )
+    cache.batch_repeat_interleave(batch)
+    positions_BT = torch.arange(prefix, width, device=input_ids_BT.device).expand(batch, -1)
+    return model(
+        input_ids=input_ids_BT[:, prefix:],
+        attention_mask=attention_mask_BT,
+        position_ids=positions_BT,
+        **{cache_kwarg: cache},
+        **kwargs,
+    ).logits
 
 
 def token_logprobs(
@@ -63,8 +109,8 @@ def token_logprobs(
     if not 1 <= start < width:
         raise ValueError(f"start={start} must lie in [1, {width}) (a prompt token comes first)")
     keep = width - start + 1
-    kwargs = {"logits_to_keep": keep} if _keeps_logits(model) else {}
-    logits = model(input_ids=input_ids_BT, attention_mask=attention_mask_BT, **kwargs).logits
+    prefix = shared_prefix_length(input_ids_BT, attention_mask_BT, start - 1)
+    logits = _forward_logits(model, input_ids_BT, attention_mask_BT, keep, prefix)
     z_BKV = logits[:, -keep:-1].float()
     if temperature != 1.0:
         z_BKV = z_BKV / temperature

@@ -30,6 +30,12 @@ def model_directory(cfg: ModelConfig) -> Path:
         ) from None
 
 
+def set_threads(cfg: ModelConfig) -> None:
+    """Apply ``model.threads`` to the process (torch's intra-op thread pool)."""
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+
+
 def device_and_dtype(cfg: ModelConfig) -> tuple[torch.device, torch.dtype]:
     """``model.device`` and ``model.dtype`` with ``auto`` resolved (CUDA + bfloat16 when there is
     a GPU, else CPU + float32)."""

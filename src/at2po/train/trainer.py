@@ -44,7 +44,13 @@ from at2po.train.config import ConfigError, TrainConfig
 from at2po.train.display import TrainDisplay, summary_table
 from at2po.train.evaluate import evaluate
 from at2po.train.optim import build_optimizer
-from at2po.train.policy import build_engine, load_model, load_tokenizer, model_directory
+from at2po.train.policy import (
+    build_engine,
+    load_model,
+    load_tokenizer,
+    model_directory,
+    set_threads,
+)
 from at2po.train.run_dir import MetricSink, RunDir, open_sinks, read_metrics
 from at2po.train.sampler import PromptSampler
 from at2po.train.step import StepRunner
@@ -105,6 +111,7 @@ class Trainer:
         initial_dir = None
         if checkpoint_path is None or cfg.loss.uses_reference:
             initial_dir = model_directory(cfg.model)
+        set_threads(cfg.model)
         self.task = task or build_task(cfg.task)
         self.train_examples = self.task.split("train")
         self.eval_examples = self.task.split(cfg.train.eval_split)[: cfg.train.eval_size]
