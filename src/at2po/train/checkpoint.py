@@ -20,14 +20,14 @@ import json
 import random
 import re
 import shutil
-import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from at2po.models.paths import staged_dir
 
 _NAME = re.compile(r"^step_(\d{6,})$")
 STATE_FILE = "trainer_state.json"
@@ -116,8 +116,7 @@ def save_checkpoint(
     ``keep_last`` checkpoints; returns its path."""
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / checkpoint_name(step)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-writing-", dir=directory))
-    try:
+    with staged_dir(target) as staging:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         torch.save(
@@ -131,15 +130,6 @@ def save_checkpoint(
         )
         (staging / CONFIG_FILE).write_text(config_yaml, encoding="utf-8")
         (staging / STATE_FILE).write_text(json.dumps(state), encoding="utf-8")
-        if target.exists():
-            old = directory / f".{target.name}-old-{time.time_ns()}"
-            target.rename(old)
-            staging.rename(target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            staging.rename(target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     for _, path in list_checkpoints(directory)[:-keep_last]:
         shutil.rmtree(path, ignore_errors=True)
     return target
