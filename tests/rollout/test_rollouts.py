@@ -203,6 +203,46 @@ def test_round_timeout_ends_trajectories_with_error(parts):
         assert {group.tree.nodes[leaf].finish for leaf in group.row_leaves} == {"error"}
 
 
+class OneBrokenQuestionEnv:
+    """The search env, except that stepping question ``broken_id`` raises (a tool crash)."""
+
+    def __init__(self, env: SearchQAEnv, broken_id: str) -> None:
+        self.env, self.broken_id = env, broken_id
+
+    def __getattr__(self, name):
+        return getattr(self.env, name)
+
+    def step(self, state, text):
+        if state.example.id == self.broken_id:
+            raise RuntimeError("tool crashed")
+        return self.env.step(state, text)
+
+    def step_batch(self, states, texts):
+        return [self.step(s, t) for s, t in zip(states, texts, strict=True)]
+
+
+def test_a_failing_step_ends_only_its_own_trajectories(parts):
+    _, codec, env, examples, _ = parts
+    engine = ReplayEngine(codec.tokenizer, "<search>river 1</search>")
+    cfg = RolloutConfig(mode="chain", n_rows=2, **SMALL)
+    out = rollout(engine, codec, OneBrokenQuestionEnv(env, examples[0].id), examples, cfg)
+    broken, healthy = out.groups
+    assert {broken.tree.nodes[leaf].finish for leaf in broken.row_leaves} == {"error"}
+    assert "error" not in {healthy.tree.nodes[leaf].finish for leaf in healthy.row_leaves}
+    assert all(len(healthy.tree.path(leaf)) > 2 for leaf in healthy.row_leaves)
+    assert out.metrics["rollout/tool_errors"] == 2
+
+
+def test_retriever_failures_are_counted(parts):
+    _, codec, _, examples, _ = parts
+    engine = ReplayEngine(codec.tokenizer, "<search>river 1</search>")
+    env = SearchQAEnv(SearchTool(HangingRetriever(5.0), timeout_s=0.05, retries=0))
+    cfg = RolloutConfig(mode="chain", n_rows=2, **SMALL)
+    out = rollout(engine, codec, env, examples[:1], cfg)
+    assert out.metrics["rollout/tool_failures"] == out.metrics["rollout/tool_calls"] > 0
+    assert out.metrics["rollout/tool_errors"] == 0
+
+
 def test_endless_tool_calls_end_at_the_turn_limit(parts):
     _, codec, env, examples, _ = parts
     engine = ReplayEngine(codec.tokenizer, "<search>river 1</search>")

@@ -81,7 +81,7 @@ def test_multi_hop_episode(env):
     assert first.observation.startswith(' <result>\nDoc 1: "Maren Tolvik" Maren Tolvik was born')
     assert first.observation.endswith("\n</result>")
     assert not first.done
-    assert first.info == {"action": "search", "problem": None, "finish": None}
+    assert first.info == {"action": "search", "problem": None, "finish": None, "tool_failed": False}
     second = env.step(first.state, "<search>Kessvik mayor</search>")
     assert "Its mayor is Ada Brenn." in second.observation.split("\n")[1]
     last = env.step(second.state, "<think>Found it.</think><answer>\\boxed{Ada Brenn}</answer>")
@@ -137,7 +137,12 @@ def test_agent_mistakes_become_observations(env, retriever, text, problem):
     before = len(retriever.batches)
     outcome = env.step(env.reset(EXAMPLE), text)
     assert outcome.done is False
-    assert outcome.info == {"action": "invalid", "problem": problem, "finish": None}
+    assert outcome.info == {
+        "action": "invalid",
+        "problem": problem,
+        "finish": None,
+        "tool_failed": False,
+    }
     expected = PROBLEMS[problem].format(tool="python")
     assert outcome.observation == format_observation(expected)
     assert (outcome.state.steps, outcome.state.tool_calls) == (1, 0)
@@ -164,11 +169,13 @@ def test_retriever_down_and_hung_become_observations():
     down = SearchQAEnv(SearchTool(DownRetriever(), retries=1, retry_delay_s=0.0))
     outcome = down.step(down.reset(EXAMPLE), "<search>Kessvik</search>")
     assert outcome.observation == format_observation(MESSAGES["search_failed"])
+    assert outcome.info["tool_failed"]
     hanging = HangingRetriever()
     slow = SearchQAEnv(SearchTool(hanging, retries=0, timeout_s=0.1))
     outcome = slow.step(slow.reset(EXAMPLE), "<search>Kessvik</search>")
     hanging.release.set()
     assert outcome.info["problem"] == "search_timeout" and not outcome.done
+    assert outcome.info["tool_failed"]
 
 
 def test_tool_call_limit_then_answer(retriever):
@@ -179,7 +186,12 @@ def test_tool_call_limit_then_answer(retriever):
     before = len(retriever.batches)
     refused = env.step(state, "<search>Ada Brenn</search>")
     assert refused.observation == format_observation(TOOL_LIMIT_MESSAGE.format(limit=2))
-    assert refused.info == {"action": "search", "problem": "tool_call_limit", "finish": None}
+    assert refused.info == {
+        "action": "search",
+        "problem": "tool_call_limit",
+        "finish": None,
+        "tool_failed": False,
+    }
     assert (refused.state.tool_calls, len(retriever.batches)) == (2, before)
     final = env.step(refused.state, "<answer>Ada Brenn</answer>").state
     assert env.reward(final).reward == 1.0

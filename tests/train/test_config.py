@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 import yaml
@@ -16,6 +17,7 @@ from at2po.train.config import (
     iter_fields,
     load_config,
     parse_override,
+    reference_markdown,
 )
 from at2po.train.presets import ALGORITHMS, preset_names
 
@@ -170,6 +172,13 @@ def test_every_field_is_documented_and_describe_shows_the_help():
     text = describe(TrainConfig())
     assert "# Peak learning rate of AdamW." in text
     assert yaml.safe_load(text) == TrainConfig().model_dump(mode="json")
+
+
+def test_docs_config_reference_is_the_generated_one():
+    docs = (Path(__file__).parents[2] / "docs" / "training.md").read_text()
+    reference = reference_markdown()
+    assert "| `optim.lr` | `0.0001` | Peak learning rate of AdamW. |" in reference
+    assert docs.endswith(reference), "regenerate with at2po.train.config.reference_markdown()"
 
 
 def test_configs_are_frozen():

@@ -41,8 +41,10 @@ class RolloutConfig:
         max_context_tokens: prompt + response never exceed this (the model's context).
         sampling: temperature / top-p / top-k / greedy of every generation call.
         record_entropy: ask the engine for the full-vocabulary entropy of every sampled token.
-        tool_workers: threads that run the tool calls of one generation round concurrently.
-        tool_timeout_s: a round's tool call that takes longer ends its trajectory (finish
+        tool_workers: threads that step the environment: one runs a round's batched step
+            (``step_batch``), and when that fails, or the env has none, each turn's step runs on
+            its own thread.
+        tool_timeout_s: an env step that takes longer (or raises) ends its trajectory (finish
             ``error``); the search tool has its own, shorter, per-call timeout and retries.
         seed: seeds expansion picks, leaf sampling and every request's sampling stream.
     """

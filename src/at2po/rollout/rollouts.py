@@ -184,6 +184,7 @@ def _metrics(
         "rollout/cached_tokens": float(stats.cached_tokens),
         "rollout/tool_calls": float(stats.tool_calls),
         "rollout/tool_errors": float(stats.tool_errors),
+        "rollout/tool_failures": float(stats.tool_failures),
         "rollout/rounds": float(stats.rounds),
         "rollout/requests": float(stats.requests),
         "rollout/rows": float(len(rows)),

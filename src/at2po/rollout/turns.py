@@ -3,8 +3,8 @@
 A *pending turn* is a turn about to be generated: where it hangs in its tree, the observation that
 precedes it, its full context ids and the environment state before it. One round sends every pending
 turn of every tree to the engine as one batch, appends each result to its tree as a new node,
-runs the tool calls of the round in one batch, and returns the turns that continue (one per
-observation).
+runs the tool calls of the round (one batched env step, or one thread per step), and returns the
+turns that continue (one per observation).
 
 What ends a trajectory (the node becomes a leaf, with its ``finish``):
 
@@ -13,7 +13,7 @@ What ends a trajectory (the node becomes a leaf, with its ``finish``):
 | the env says done after a final answer | ``answer`` |
 | the env says done after an EOS / the turn limit | ``eos`` / ``length`` |
 | the response or context budget cannot hold the observation plus a minimal turn | ``length`` |
-| the tool call of the round raised or outlived ``tool_timeout_s`` | ``error`` |
+| the env step of this turn raised or outlived ``tool_timeout_s`` | ``error`` |
 
 Tool calls the env refused (empty query, call limit, unknown tag …) are observations, not ends: the
 env decides (``SearchQAEnv`` turns agent mistakes into observations and ends at its step limit).
@@ -71,6 +71,7 @@ class RoundStats:
     cached_tokens: int = 0
     tool_calls: int = 0
     tool_errors: int = 0
+    tool_failures: int = 0
     rounds: int = 0
     requests: int = 0
     seconds_generate: float = 0.0
@@ -192,6 +193,7 @@ class TurnRunner:
             else:
                 entry.env_states[node.id] = outcome.state
                 node.finish = _finish_of(res.finish_reason, outcome)
+                self.stats.tool_failures += bool(outcome.info.get("tool_failed"))
             if node.finish != "tool_call":
                 self._score_leaf(entry, node.id)
                 continue
@@ -205,23 +207,40 @@ class TurnRunner:
         self.stats.seconds_tools += time.perf_counter() - start
         return follow
 
-    def _step(self, states: list[Any], texts: list[str]) -> list[Any] | list[None]:
-        """Step the environment for one round's turns, all at once, within ``tool_timeout_s``.
+    def _step(self, states: list[Any], texts: list[str]) -> list[Any]:
+        """Step the environment for one round's turns within ``tool_timeout_s``.
 
-        A round whose step raises or times out ends each of its trajectories with ``error``.
+        An env with ``step_batch`` answers the whole round in one call (``SearchQAEnv`` sends
+        its searches to the retriever as one batch). When that call raises or outlives the
+        limit, or the env has no ``step_batch``, every turn is stepped on its own thread of the
+        pool, all under one deadline: only the turns whose own step raised or is still running
+        at the deadline end with ``error`` (``None`` here); the others go on.
         """
         if not states:
             return []
-        step_batch = getattr(self.env, "step_batch", None) or self._step_each
-        future = self.pool.submit(step_batch, states, texts)
-        try:
-            return list(future.result(timeout=self.cfg.tool_timeout_s))
-        except Exception:  # a tool fault ends these trajectories; it must not crash the batch
-            self.stats.tool_errors += len(states)
-            return [None] * len(states)
+        step_batch = getattr(self.env, "step_batch", None)
+        if step_batch is not None:
+            future = self.pool.submit(step_batch, states, texts)
+            try:
+                return list(future.result(timeout=self.cfg.tool_timeout_s))
+            except Exception:  # find the faulty turns below instead of failing them all
+                future.cancel()
+        return self._step_each(states, texts)
 
     def _step_each(self, states: list[Any], texts: list[str]) -> list[Any]:
-        return [self.env.step(s, t) for s, t in zip(states, texts, strict=True)]
+        futures = [
+            self.pool.submit(self.env.step, s, t) for s, t in zip(states, texts, strict=True)
+        ]
+        deadline = time.monotonic() + self.cfg.tool_timeout_s
+        outcomes: list[Any] = []
+        for future in futures:
+            try:
+                outcomes.append(future.result(timeout=max(0.0, deadline - time.monotonic())))
+            except Exception:  # a tool fault ends this trajectory; it must not crash the batch
+                future.cancel()
+                self.stats.tool_errors += 1
+                outcomes.append(None)
+        return outcomes
 
     @property
     def _reserve(self) -> int:

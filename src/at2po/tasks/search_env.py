@@ -35,6 +35,9 @@ from at2po.tasks.datasets import QAExample
 from at2po.tasks.rewards import RewardConfig, RewardResult, score_response
 from at2po.tasks.search_tool import SearchTool
 
+TOOL_FAILURES = frozenset({"search_failed", "search_timeout"})
+"""Problem codes of a search that failed on the tool's side, not the agent's (``tool_failed``)."""
+
 TOOL_LIMIT_MESSAGE = (
     "You have used all {limit} searches. Answer now with <answer>final answer</answer>, using "
     "what you have found."
@@ -122,7 +125,8 @@ class StepOutcome:
     """The new state, the observation to append (None when the episode ended), whether it
     ended, and ``info``: ``action`` (search/answer/invalid), ``problem`` (a code from
     ``agent_format.PROBLEMS``, ``search_tool.MESSAGES`` or ``tool_call_limit``; None when all
-    went well) and ``finish``."""
+    went well), ``finish``, and ``tool_failed`` (the retriever failed: a code of
+    ``TOOL_FAILURES``)."""
 
     state: EnvState
     observation: str | None
@@ -244,5 +248,10 @@ def _advance(
         tool_calls=state.tool_calls if tool_calls is None else tool_calls,
         finish=finish,
     )
-    info = {"action": action.kind, "problem": problem, "finish": finish}
+    info = {
+        "action": action.kind,
+        "problem": problem,
+        "finish": finish,
+        "tool_failed": problem in TOOL_FAILURES,
+    }
     return StepOutcome(new_state, observation, finish is not None, info)

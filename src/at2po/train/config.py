@@ -189,8 +189,15 @@ class RolloutSection(Section):
     temperature: float = Field(1.0, gt=0, description="Sampling temperature (also of log-probs).")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass (1: off).")
     top_k: int = Field(-1, description="Top-k sampling (−1: off).")
-    tool_workers: int = Field(16, ge=1, description="Threads running a round's tool calls.")
-    tool_timeout_s: float = Field(60.0, gt=0, description="A round's tool call time limit.")
+    tool_workers: int = Field(
+        16,
+        ge=1,
+        description="Threads stepping the environment (a round's batched step, or one thread per "
+        "turn's step when the batch call fails or the env has no step_batch).",
+    )
+    tool_timeout_s: float = Field(
+        60.0, gt=0, description="Seconds an env step may take; a slower one ends its trajectory."
+    )
     engine_batch_size: int = Field(64, ge=1, description="Sequences decoded together.")
     prefix_cache_tokens: int = Field(
         32768, ge=0, description="Tokens of keys/values the engine's prefix cache keeps (0: off)."
@@ -548,6 +555,26 @@ def _leaf_fields(
             yield from _leaf_fields(annotation, values[key], f"{prefix}{key}.")
         else:
             yield f"{prefix}{key}", values[key], info.description or ""
+
+
+def reference_markdown() -> str:
+    """The configuration reference of ``docs/training.md``: one table per section.
+
+    Rows are (key, default, help) from :func:`iter_fields`; a test keeps the docs equal to this.
+    """
+    lines: list[str] = []
+    section = None
+    for key, default, description in iter_fields():
+        head = key.split(".")[0] if "." in key else "(top level)"
+        if head != section:
+            section = head
+            if lines:
+                lines.append("")
+            lines += [f"#### `{head}`", "", "| key | default | meaning |", "|---|---|---|"]
+        shown = yaml.safe_dump(default, default_flow_style=True, width=10_000).strip()
+        shown = shown.removesuffix("\n...").removesuffix("...").strip()
+        lines.append(f"| `{key}` | `{shown}` | {description} |")
+    return "\n".join(lines) + "\n"
 
 
 def describe(cfg: TrainConfig) -> str:

@@ -49,6 +49,7 @@ _ADDITIVE = (
     "rollout/cached_tokens",
     "rollout/tool_calls",
     "rollout/tool_errors",
+    "rollout/tool_failures",
     "rollout/rounds",
     "rollout/requests",
     "rollout/rows",
