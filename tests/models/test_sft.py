@@ -14,6 +14,7 @@ from at2po.models.sft import (
     shared_prefix_length,
     target_positions,
     train_sft,
+    use_bf16,
 )
 from at2po.models.sft_data import SFTExample, collate
 from at2po.models.tiny import TinyModelConfig, build_tiny_model, tiny_llama_config
@@ -116,7 +117,8 @@ def test_batch_loss_equals_plain_forward(prefix_len, observation_weight):
         torch.testing.assert_close(g_shared, p.grad, rtol=1e-5, atol=1e-7)
 
 
-def test_training_lowers_the_loss_on_a_small_batch():
+@pytest.mark.parametrize("bf16", [False, True])
+def test_training_lowers_the_loss_on_a_small_batch(bf16):
     rows = _rows(5, seed=3) * 4
     model = _model(seed=1)
     batch = collate(rows[:3], PAD)
@@ -125,7 +127,7 @@ def test_training_lowers_the_loss_on_a_small_batch():
     result = train_sft(
         model,
         rows,
-        SFTConfig(steps=32, batch_size=3, lr=1e-2, observation_weight=0.0),
+        SFTConfig(steps=32, batch_size=3, lr=1e-2, observation_weight=0.0, bf16=bf16),
         pad_id=PAD,
         show_progress=False,
     )
@@ -136,6 +138,20 @@ def test_training_lowers_the_loss_on_a_small_batch():
     # 32 steps of 3 rows are exactly 8 epochs of the 12 rows
     assert result.tokens == 8 * sum(len(r) for r in rows)
     assert result.policy_tokens == 8 * sum(sum(r.loss_mask[1:]) for r in rows)
+
+
+def test_bf16_autocast_choice_and_loss():
+    cpu = torch.device("cpu")
+    assert use_bf16(SFTConfig(bf16=True), cpu) and not use_bf16(SFTConfig(bf16=False), cpu)
+    assert use_bf16(SFTConfig(), cpu) == torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    model = _model(seed=4)
+    batch = collate(_rows(9, seed=5), PAD)
+    with torch.no_grad():
+        full = batch_loss(model, batch, 0.5).total.item()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            half = batch_loss(model, batch, 0.5)
+    assert half.total.dtype == torch.float32  # the loss is reduced in fp32
+    assert half.total.item() == pytest.approx(full, rel=2e-2)  # bf16 keeps ~3 significant digits
 
 
 def test_nothing_to_train_is_an_error():

