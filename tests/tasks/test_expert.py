@@ -130,7 +130,10 @@ def test_imperfect_demonstrations_are_seeded_and_mediocre(world, env):
 def test_early_answers_come_before_all_facts_are_known(world, env):
     questions = [q for q in world.questions if q.metadata["hops"] >= 2][:100]
     episodes = solve_batch(env, questions, ExpertSolver(ExpertConfig(p_early_answer=1.0)))
-    assert all(len(e.turns) == 1 for e in episodes)
+    # never a guess from nothing: the first turn searches, the second answers with what it read
+    assert all(parse_action(e.turns[0]).kind == "search" for e in episodes)
+    assert all(len(e.turns) == 2 for e in episodes)
+    assert all(parse_action(e.turns[1]).content != "unknown" for e in episodes)
     assert statistics.mean(e.reward for e in episodes) < 0.6
 
 

@@ -72,12 +72,11 @@ class BootstrapConfig:
     """Questions per demonstration world, one expert episode (one SFT row) each."""
     demo_mix: tuple[tuple[str, float], ...] = DEMO_MIX
     """Question types of the demonstrations and their weights."""
-    expert: ExpertConfig = field(
-        default_factory=lambda: ExpertConfig(
-            p_early_answer=0.1, p_wrong_query=0.1, p_distractor=0.2
-        )
-    )
-    """The expert's deliberate mistakes (its seed is replaced by ``seed``)."""
+    expert: ExpertConfig = field(default_factory=lambda: ExpertConfig(p_early_answer=0.15))
+    """The expert's deliberate mistakes (its seed is replaced by ``seed``): early answers only.
+    Wrong queries and namesakes' facts write names that are near-copies of the right one, which
+    keeps a model this small from learning to copy names exactly (0 % held-out EM after 1,200
+    steps with 10 % wrong queries and 20 % namesakes)."""
     env: SearchEnvConfig = field(default_factory=SearchEnvConfig)
     """Limits of the search episodes (demonstrations and the held-out check)."""
     search_topk: int = 3

@@ -15,10 +15,11 @@ replays the episode from the start, so the same inputs always give the same turn
 of an episode (a branch of a turn tree) can be continued.
 
 Imperfect demonstrations, for a mediocre warm-start policy, come from three seeded knobs, each
-drawn independently per question and turn (``ExpertConfig``): ``p_early_answer`` (answer before all
-facts are known, with a guess built from what was seen), ``p_wrong_query`` (search for a
-confusable entity, or with a word of the subject missing) and ``p_distractor`` (take the value
-stated for a confusable subject, e.g. ``Marin Tolvik`` for ``Maren Tolvik``, when one is visible).
+drawn independently per question and turn (``ExpertConfig``): ``p_early_answer`` (answer before
+all facts are known, with a guess built from what was seen; only once something has been read),
+``p_wrong_query`` (search for a confusable entity, or with a word of the subject missing) and
+``p_distractor`` (take the value stated for a confusable subject, e.g. ``Marin Tolvik`` for
+``Maren Tolvik``, when one is visible).
 """
 
 from __future__ import annotations
@@ -49,7 +50,9 @@ class ExpertConfig:
     seed: int = 0
     """Seed of the imperfection draws (each is keyed by seed, question id and turn)."""
     p_early_answer: float = 0.0
-    """Chance, per turn with facts still missing, of answering now with a guess."""
+    """Chance, per turn with facts still missing, of answering now with a guess built from what
+    was read; never before the first search has returned a fact (a guess from nothing would be
+    a fixed string, which a small policy trained on these episodes picks greedily)."""
     p_wrong_query: float = 0.0
     """Chance, per search, of searching a confusable entity or a truncated name instead."""
     p_distractor: float = 0.0
@@ -154,7 +157,7 @@ class ExpertSolver:
         ):
             missing = f"the {RELATIONS[hop.relation].label} of {_mention(hop, subject)}"
             return _answer_turn(f"The results never state {missing}.", UNKNOWN_ANSWER)
-        if self._draw(example, "early", step) < self.config.p_early_answer:
+        if reading.facts and self._draw(example, "early", step) < self.config.p_early_answer:
             guess = self._guess(example, plan, reading, step)
             return _answer_turn(f"{_known(plan, reading)} I will answer {guess}.", guess)
         return self._search_turn(example, plan, reading, step)
