@@ -19,8 +19,8 @@ about 300 tokens) is run once and its keys/values repeated over the batch, with 
 through them; and the output head and softmax run only at the positions that predict a target.
 
 Where the hardware multiplies bf16 natively (``bf16``), the forward and backward run under bf16
-autocast with fp32 weights, AdamW state and loss reduction: about 1.9× the fp32 throughput on an
-AMX CPU core.
+autocast with fp32 weights, AdamW state and loss reduction: 1.4–1.6× the fp32 tokens/s of
+:func:`train_sft` on one AMX CPU core.
 
 Learning rate at step s (0-based) of S, with W = round(warmup_ratio · S) warm-up steps and
 floor r:
@@ -78,7 +78,7 @@ class SFTConfig:
     bf16: bool | None = None
     """Forward and backward under bfloat16 autocast (the weights and the optimizer stay fp32).
     ``None``: on where bf16 matrix products are native (CUDA, or a CPU with AVX-512 BF16 / AMX),
-    where they are about twice as fast; off elsewhere, where they would be slower."""
+    where they are 1.4–1.6× faster; off elsewhere, where they would be slower."""
     seed: int = 0
     """Seeds the batch order."""
 
