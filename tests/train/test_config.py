@@ -9,9 +9,14 @@ import pytest
 import yaml
 
 from at2po.core.losses import POLICY_LOSSES, PolicyLossConfig
+from at2po.rollout.config import RolloutConfig
 from at2po.train.config import (
+    ENGINE_FIELDS,
+    SAMPLING_FIELDS,
+    UNEXPOSED_FIELDS,
     ConfigError,
     LossConfig,
+    RolloutSection,
     TrainConfig,
     describe,
     iter_fields,
@@ -149,6 +154,27 @@ def test_free_combinations_for_ablations():
     assert cfg.rollout.mode == "tree" and cfg.credit.estimator == "grpo"
     # fields the grpo preset set explicitly stay; the rest come from the `turn` preset
     assert cfg.loss.ratio == "turn" and cfg.loss.clip_high == 0.2 and cfg.loss.dual_clip == 3.0
+
+
+def test_rollout_section_has_the_rollout_layers_fields_and_defaults():
+    """Every RolloutConfig field is exposed (or deliberately not) under its own name and default."""
+    layer = {f.name for f in dataclasses.fields(RolloutConfig)} - {"sampling", *UNEXPOSED_FIELDS}
+    assert set(RolloutSection.model_fields) == layer | set(SAMPLING_FIELDS) | set(ENGINE_FIELDS)
+    section, defaults = RolloutSection(), RolloutConfig()
+    for name in layer:
+        assert getattr(section, name) == getattr(defaults, name), name
+    for name in SAMPLING_FIELDS:
+        assert getattr(section, name) == getattr(defaults.sampling, name), name
+    assert section.to_rollout_config() == defaults
+
+
+def test_rollout_section_maps_every_value_to_the_rollout_config():
+    overrides = ["n_rows=12", "expansion_k=4", "top_k=5", "temperature=0.7"]
+    cfg = load_config("at2po", [f"rollout.{item}" for item in overrides])
+    rollout = cfg.rollout.to_rollout_config()
+    assert (rollout.n_rows, rollout.expansion_k) == (12, 4)
+    assert (rollout.sampling.top_k, rollout.sampling.temperature) == (5, 0.7)
+    assert not rollout.sampling.greedy
 
 
 def test_loss_fields_not_given_take_the_named_preset():

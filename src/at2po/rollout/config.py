@@ -47,19 +47,23 @@ class RolloutConfig:
         tool_timeout_s: an env step that takes longer (or raises) ends its trajectory (finish
             ``error``); the search tool has its own, shorter, per-call timeout and retries.
         seed: seeds expansion picks, leaf sampling and every request's sampling stream.
+
+    The defaults, sized for a CPU (trees of M = 4 chains, L = 2 rounds of K = 2, N = 8 leaves;
+    the paper grows M = 10, L = 2, K = 6, N = 22), are also those of the ``rollout`` section of
+    ``at2po train`` (:class:`at2po.train.config.RolloutSection`), which takes them from here.
     """
 
     mode: str = "tree"
-    n_rows: int = 22
-    n_chains: int = 10
+    n_rows: int = 8
+    n_chains: int = 4
     expansion_rounds: int = 2
-    expansion_k: int = 6
+    expansion_k: int = 2
     expansion_mode: str = "entropy"
     sibling_penalty: float = SIBLING_PENALTY
     branch_beam: int = 2
     branch_probability: float = 0.5
     branch_entropy_weight: float = 0.2
-    max_turn_tokens: int = 256
+    max_turn_tokens: int = 128
     max_response_tokens: int = 1024
     max_context_tokens: int = 2048
     sampling: SamplingParams = field(default_factory=SamplingParams)

@@ -25,7 +25,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from at2po.core.credit import ADV_MODES, GIGPO_MODES, LEAF_NORMS, VALUE_MODES
-from at2po.core.expansion import EXPANSION_MODES, SIBLING_PENALTY
+from at2po.core.expansion import EXPANSION_MODES
 from at2po.core.losses import POLICY_LOSSES, PolicyLossConfig
 from at2po.rollout.config import ROLLOUT_MODES, RolloutConfig
 from at2po.rollout.engine import SamplingParams
@@ -162,41 +162,89 @@ class TaskConfig(Section):
         return self
 
 
+_ROLLOUT = RolloutConfig()
+"""The rollout layer's defaults: the one source of the ``rollout`` section's defaults."""
+
+SAMPLING_FIELDS = ("temperature", "top_p", "top_k")
+"""``rollout`` fields that make up :attr:`RolloutConfig.sampling` (never greedy in training)."""
+
+ENGINE_FIELDS = ("engine_batch_size", "prefix_cache_tokens")
+"""``rollout`` fields of the engine (:func:`at2po.train.policy.build_engine`), not RolloutConfig."""
+
+UNEXPOSED_FIELDS = ("record_entropy", "seed")
+"""RolloutConfig fields the ``rollout`` section leaves out: the trainer seeds each step itself and
+never asks for full-vocabulary entropies."""
+
+
 class RolloutSection(Section):
+    """The rollout layer's settings (:class:`RolloutConfig`, same names and defaults) plus the
+    engine's; :meth:`to_rollout_config` maps every field but :data:`ENGINE_FIELDS` by name."""
+
     mode: RolloutMode = Field(
-        "tree",
+        _ROLLOUT.mode,
         description="`chain`: n independent trajectories; `tree`: AT²PO tree search (M chains, "
         "L rounds of K re-sampled turns); `branching`: ARPO/AEPO branching after tool calls.",
     )
-    n_rows: int = Field(8, ge=1, description="Rows (leaves) kept per prompt: N, or n for chains.")
+    n_rows: int = Field(
+        _ROLLOUT.n_rows, ge=1, description="Rows (leaves) kept per prompt: N, or n for chains."
+    )
     n_chains: int = Field(
-        4, ge=1, description="M: initial chains per prompt (tree; branching's initial chains)."
+        _ROLLOUT.n_chains,
+        ge=1,
+        description="M: initial chains per prompt (tree; branching's initial chains).",
     )
-    expansion_rounds: int = Field(2, ge=0, description="L: expansion rounds (tree).")
-    expansion_k: int = Field(2, ge=1, description="K: turns re-sampled per tree per round (tree).")
+    expansion_rounds: int = Field(
+        _ROLLOUT.expansion_rounds, ge=0, description="L: expansion rounds (tree)."
+    )
+    expansion_k: int = Field(
+        _ROLLOUT.expansion_k, ge=1, description="K: turns re-sampled per tree per round (tree)."
+    )
     expansion_mode: ExpansionMode = Field(
-        "entropy", description="`entropy` (AT²PO: top K by H − α·b) or `random` (Tree-GRPO)."
+        _ROLLOUT.expansion_mode,
+        description="`entropy` (AT²PO: top K by H − α·b) or `random` (Tree-GRPO).",
     )
-    sibling_penalty: float = Field(SIBLING_PENALTY, description="α in the expansion score.")
-    branch_beam: int = Field(2, ge=1, description="Branching: trajectories per observation.")
-    branch_probability: float = Field(0.5, description="Branching: threshold τ.")
-    branch_entropy_weight: float = Field(0.2, description="Branching: weight of ΔH.")
-    max_turn_tokens: int = Field(128, ge=1, description="Token budget of one generated turn.")
+    sibling_penalty: float = Field(
+        _ROLLOUT.sibling_penalty, description="α in the expansion score."
+    )
+    branch_beam: int = Field(
+        _ROLLOUT.branch_beam, ge=1, description="Branching: trajectories per observation."
+    )
+    branch_probability: float = Field(
+        _ROLLOUT.branch_probability, description="Branching: threshold τ."
+    )
+    branch_entropy_weight: float = Field(
+        _ROLLOUT.branch_entropy_weight, description="Branching: weight of ΔH."
+    )
+    max_turn_tokens: int = Field(
+        _ROLLOUT.max_turn_tokens, ge=1, description="Token budget of one generated turn."
+    )
     max_response_tokens: int = Field(
-        1024, ge=1, description="Budget of a whole response (turns and observations)."
+        _ROLLOUT.max_response_tokens,
+        ge=1,
+        description="Budget of a whole response (turns and observations).",
     )
-    max_context_tokens: int = Field(2048, ge=2, description="Prompt + response limit.")
-    temperature: float = Field(1.0, gt=0, description="Sampling temperature (also of log-probs).")
-    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass (1: off).")
-    top_k: int = Field(-1, description="Top-k sampling (−1: off).")
+    max_context_tokens: int = Field(
+        _ROLLOUT.max_context_tokens, ge=2, description="Prompt + response limit."
+    )
+    temperature: float = Field(
+        _ROLLOUT.sampling.temperature,
+        gt=0,
+        description="Sampling temperature (also of log-probs).",
+    )
+    top_p: float = Field(
+        _ROLLOUT.sampling.top_p, gt=0, le=1, description="Nucleus sampling mass (1: off)."
+    )
+    top_k: int = Field(_ROLLOUT.sampling.top_k, description="Top-k sampling (−1: off).")
     tool_workers: int = Field(
-        16,
+        _ROLLOUT.tool_workers,
         ge=1,
         description="Threads stepping the environment (a round's batched step, or one thread per "
         "turn's step when the batch call fails or the env has no step_batch).",
     )
     tool_timeout_s: float = Field(
-        60.0, gt=0, description="Seconds an env step may take; a slower one ends its trajectory."
+        _ROLLOUT.tool_timeout_s,
+        gt=0,
+        description="Seconds an env step may take; a slower one ends its trajectory.",
     )
     engine_batch_size: int = Field(64, ge=1, description="Sequences decoded together.")
     prefix_cache_tokens: int = Field(
@@ -205,26 +253,9 @@ class RolloutSection(Section):
 
     def to_rollout_config(self) -> RolloutConfig:
         """The rollout layer's config (its seed is set per step)."""
-        return RolloutConfig(
-            mode=self.mode,
-            n_rows=self.n_rows,
-            n_chains=self.n_chains,
-            expansion_rounds=self.expansion_rounds,
-            expansion_k=self.expansion_k,
-            expansion_mode=self.expansion_mode,
-            sibling_penalty=self.sibling_penalty,
-            branch_beam=self.branch_beam,
-            branch_probability=self.branch_probability,
-            branch_entropy_weight=self.branch_entropy_weight,
-            max_turn_tokens=self.max_turn_tokens,
-            max_response_tokens=self.max_response_tokens,
-            max_context_tokens=self.max_context_tokens,
-            sampling=SamplingParams(
-                temperature=self.temperature, top_p=self.top_p, top_k=self.top_k
-            ),
-            tool_workers=self.tool_workers,
-            tool_timeout_s=self.tool_timeout_s,
-        )
+        values = self.model_dump(exclude=set(ENGINE_FIELDS))
+        sampling = SamplingParams(**{name: values.pop(name) for name in SAMPLING_FIELDS})
+        return RolloutConfig(**values, sampling=sampling)
 
     @model_validator(mode="after")
     def _valid_for_rollout(self) -> RolloutSection:
