@@ -31,6 +31,7 @@ from tests.rollout.conftest import build_tiny_lm
 
 from at2po.rollout.engine import GenerationRequest
 from at2po.rollout.hf_engine import HFEngine
+from timing import best_seconds
 
 
 def emit(**record) -> None:
@@ -41,19 +42,6 @@ def random_prompts(batch: int, vocab: int, low: int, high: int, seed: int) -> li
     generator = torch.Generator().manual_seed(seed)
     lengths = torch.randint(low, high + 1, (batch,), generator=generator).tolist()
     return [torch.randint(0, vocab, (n,), generator=generator).tolist() for n in lengths]
-
-
-def best_seconds(runs: dict, repeats: int) -> dict[str, float]:
-    """Best wall time of each callable; runs are interleaved so load changes hit all alike."""
-    for run in runs.values():
-        run()
-    timings: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(repeats):
-        for name, run in runs.items():
-            start = time.perf_counter()
-            run()
-            timings[name].append(time.perf_counter() - start)
-    return {name: min(times) for name, times in timings.items()}
 
 
 def engine_vs_generate(model, tokenizer, args, shortest: int, longest: int) -> None:

@@ -24,8 +24,6 @@ import copy
 import json
 import random
 import tempfile
-import time
-from collections.abc import Callable
 
 import torch
 
@@ -37,23 +35,11 @@ from at2po.train.logprobs import micro_batches, recompute_logprobs
 from at2po.train.optim import build_optimizer
 from at2po.train.trainer import Trainer
 from at2po.train.update import UpdateBatch, policy_update
+from timing import best_seconds
 
 
 def emit(**record) -> None:
     print(json.dumps(record), flush=True)
-
-
-def best_seconds(runs: dict[str, Callable[[], None]], repeats: int) -> dict[str, float]:
-    """Best wall time of each callable after one warm-up; runs interleave so load hits all."""
-    for run in runs.values():
-        run()
-    timings: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(repeats):
-        for name, run in runs.items():
-            start = time.perf_counter()
-            run()
-            timings[name].append(time.perf_counter() - start)
-    return {name: min(values) for name, values in timings.items()}
 
 
 def rollout_rows(trainer: Trainer) -> Rows:
