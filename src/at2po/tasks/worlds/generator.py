@@ -27,6 +27,7 @@ from types import MappingProxyType
 
 from at2po.tasks.datasets import QAExample
 from at2po.tasks.retrieval.corpus import Document
+from at2po.tasks.worlds.model import Entity
 from at2po.tasks.worlds.names import PARTITION_BUCKETS, NameMaker
 from at2po.tasks.worlds.questions import QUESTION_TYPES, generate_questions
 from at2po.tasks.worlds.templates import (
@@ -163,21 +164,6 @@ class WorldConfig:
         }
         sizes.update(overrides)
         return cls(**sizes)  # type: ignore[arg-type]
-
-
-@dataclass(frozen=True)
-class Entity:
-    """A named thing with its own documents.
-
-    ``name`` is canonical (no quotes, a country's short form). ``aliases`` are accepted answer
-    strings; ``mentions`` are the ways the corpus writes it (a title in quotes; a country by its
-    short or long form).
-    """
-
-    name: str
-    kind: str
-    aliases: tuple[str, ...]
-    mentions: tuple[str, ...]
 
 
 @dataclass(frozen=True)

@@ -30,13 +30,11 @@ import itertools
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from at2po.tasks.datasets import QAExample
+from at2po.tasks.worlds.model import WorldView
 from at2po.tasks.worlds.templates import ENTITY_KINDS, RELATIONS, WORK_KINDS, as_number
-
-if TYPE_CHECKING:
-    from at2po.tasks.worlds.generator import World
 
 DATA_SOURCE = "worlds"
 QUESTION_TYPES = ("single_hop", "bridge", "chain", "comparison", "yes_no")
@@ -109,7 +107,7 @@ class _Draft:
 class _QuestionMaker:
     """Draws one question of a given type at a time, or None when the draw does not fit."""
 
-    def __init__(self, world: World, rng: random.Random) -> None:
+    def __init__(self, world: WorldView, rng: random.Random) -> None:
         self.world = world
         self.rng = rng
         self.names_of_kind = {
@@ -296,7 +294,7 @@ def _chain_hops(start: str, path: tuple[str, ...]) -> tuple[tuple[str, int, str]
     )
 
 
-def _metadata(draft: _Draft, world: World) -> dict[str, Any]:
+def _metadata(draft: _Draft, world: WorldView) -> dict[str, Any]:
     supporting_docs = list(dict.fromkeys(world.fact_docs[fact] for fact in draft.facts))
     return {
         "type": draft.type,
@@ -317,7 +315,7 @@ def _metadata(draft: _Draft, world: World) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def generate_questions(world: World, n: int) -> list[QAExample]:
+def generate_questions(world: WorldView, n: int) -> list[QAExample]:
     """``n`` distinct questions drawn by ``world.config.question_mix`` (seeded by the config).
 
     Raises ValueError when the world is too small to hold ``n`` distinct questions.
