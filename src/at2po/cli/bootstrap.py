@@ -1,7 +1,8 @@
 """``at2po bootstrap``: build (once) the tiny default policy warm-started on the search task.
 
-    at2po bootstrap                       # build into $AT2PO_CACHE or ~/.cache/at2po, or reuse it
-    at2po bootstrap --force --steps 600   # rebuild with other settings
+    at2po bootstrap                       # install the shipped default policy (or reuse the cache)
+    at2po bootstrap --force               # rebuild it from scratch (a GPU: ~6 min; a CPU: hours)
+    at2po bootstrap --force --steps 600 --demo-worlds 40   # rebuild with other settings
     at2po bootstrap --smollm2             # also convert the SmolLM2-135M-Instruct preset
 
 Prints the model directory on stdout; progress goes to stderr.
@@ -16,13 +17,14 @@ from typing import Any
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "bootstrap",
-        help="build the tiny default policy (tokenizer, tiny Llama, imperfect SFT warm start)",
+        help="install or build the tiny default policy (tokenizer, tiny Llama, SFT warm start)",
         description=(
-            "Build the tiny default policy: a byte-level BPE tokenizer, a small Llama "
-            "and a deliberately imperfect warm start by SFT on a scripted expert's search "
-            "episodes, then check it greedily on held-out 2-hop questions. Built once and "
-            "cached; later runs print the cached directory. Options left out keep the defaults "
-            "of at2po.models.bootstrap.BootstrapConfig."
+            "Install the tiny default policy shipped with at2po (default settings), or build it: "
+            "a byte-level BPE tokenizer with one token per inventory name, a small Llama and a "
+            "deliberately imperfect warm start by SFT on a scripted expert's search episodes, "
+            "then a greedy check on held-out worlds. Cached; later runs print the cached "
+            "directory. Options left out keep the defaults of "
+            "at2po.models.bootstrap.BootstrapConfig."
         ),
     )
     parser.add_argument(
@@ -39,7 +41,23 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--lr", type=float, help="SFT peak learning rate")
     parser.add_argument("--demo-worlds", type=int, help="worlds the expert demonstrates in")
     parser.add_argument(
-        "--eval-questions", type=int, help="held-out 2-hop questions of the check (0 skips it)"
+        "--demos-per-world", type=int, help="expert episodes (questions) per demonstration world"
+    )
+    parser.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        help="where SFT and the check run (default auto: CUDA when available)",
+    )
+    parser.add_argument(
+        "--eval-questions",
+        type=int,
+        help="questions of each held-out set of the check (shared names; novel names; 0 skips it)",
+    )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="run the held-out check on the (installed or built) model again and store it in "
+        "its bootstrap.json",
     )
     parser.add_argument(
         "--smollm2",
@@ -64,6 +82,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
         {
             "seed": args.seed,
             "demo_worlds": args.demo_worlds,
+            "demos_per_world": args.demos_per_world,
+            "device": args.device,
             "eval_questions": args.eval_questions,
         }
     )
@@ -72,11 +92,17 @@ def config_from_args(args: argparse.Namespace) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     """Build or reuse the tiny model (and optionally SmolLM2); print the directories."""
-    from at2po.models.bootstrap import bootstrap
+    from rich.console import Console
+
+    from at2po.models.bootstrap import bootstrap, recheck
     from at2po.models.smollm2 import smollm2_path
 
     try:
-        print(bootstrap(args.cache_dir, force=args.force, config=config_from_args(args)))
+        cfg = config_from_args(args)
+        directory = bootstrap(args.cache_dir, force=args.force, config=cfg)
+        if args.check:
+            recheck(directory, cfg, Console(stderr=True))
+        print(directory)
         if args.smollm2:
             print(smollm2_path(args.cache_dir, force=args.force))
     except (ValueError, OSError) as error:

@@ -25,6 +25,20 @@ def world_env(
     return SearchQAEnv(tool, env_config)
 
 
+def worlds_env(
+    worlds: Sequence[World], env_config: SearchEnvConfig, *, topk: int = 3, max_chars: int = 500
+) -> SearchQAEnv:
+    """One search environment over several worlds, each searched in its own corpus (a
+    question's ``metadata["corpus"]`` names its world)."""
+    if not worlds:
+        raise ValueError("worlds_env() needs at least one world")
+    tools = {
+        w.config.name: SearchTool(BM25Retriever(w.documents), topk=topk, max_chars=max_chars)
+        for w in worlds
+    }
+    return SearchQAEnv(next(iter(tools.values())), env_config, corpora=tools)
+
+
 def demonstrations(
     env: SearchQAEnv, examples: Sequence[QAExample], expert: ExpertSolver, chunk: int = 256
 ) -> list[EnvState]:

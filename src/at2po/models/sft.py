@@ -40,6 +40,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -188,7 +189,9 @@ def _decoder_states(model: torch.nn.Module, batch: Batch, prefix: int) -> torch.
     return decoder(
         input_ids=batch.input_ids_BT[:, prefix:],
         attention_mask=batch.attention_mask_BT,
-        position_ids=torch.arange(prefix, width).expand(n_rows, -1),
+        position_ids=torch.arange(prefix, width, device=batch.input_ids_BT.device).expand(
+            n_rows, -1
+        ),
         use_cache=True,
         **{cache_kwarg: cache},
     ).last_hidden_state
@@ -220,12 +223,18 @@ def train_sft(
     *,
     pad_id: int,
     show_progress: bool = True,
+    console: Console | None = None,
 ) -> SFTResult:
-    """Train ``model`` in place on ``rows`` for ``cfg.steps`` steps; leaves it in eval mode."""
+    """Train ``model`` in place on ``rows`` for ``cfg.steps`` steps; leaves it in eval mode.
+
+    Batches go to the model's device. Progress is a bar on a terminal; when ``console`` is not
+    one (output redirected), a line every 5 % of the steps with the elapsed time instead.
+    """
     if not rows:
         raise ValueError("train_sft() needs at least one row")
     if not any(any(row.loss_mask) for row in rows):
         raise ValueError("no row has a token with loss mask 1; there is nothing to train on")
+    console = console or Console(stderr=True)
     rng = random.Random(cfg.seed)
     lengths = [len(row) for row in rows]
     optimizer = torch.optim.AdamW(
@@ -234,16 +243,21 @@ def train_sft(
     model.train()
     device = next(model.parameters()).device
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16(cfg, device))
-    policy_nll: list[float] = []
+    policy_nll_S = torch.zeros(cfg.steps, device=device)
     tokens = policy_tokens = 0
     queue: list[list[int]] = []
+    report_every = max(1, cfg.steps // 20)
+    lines = show_progress and not console.is_terminal
     start = time.perf_counter()
-    with _progress(show_progress) as progress:
+    with _progress(show_progress and not lines, console) as progress:
         task = progress.add_task("SFT", total=cfg.steps, nll=float("nan"), tps=0.0)
         for step in range(cfg.steps):
             if not queue:
                 queue = length_grouped_batches(lengths, cfg.batch_size, rng)
             batch = collate([rows[i] for i in queue.pop()], pad_id)
+            tokens += int(batch.attention_mask_BT.sum())
+            policy_tokens += int(batch.loss_mask_BT[:, 1:].sum())
+            batch = batch.to(device)
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, cfg)
             with autocast:
@@ -252,16 +266,24 @@ def train_sft(
             loss.total.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()
-            policy_nll.append(loss.policy_nll.item())
-            tokens += int(batch.attention_mask_BT.sum())
-            policy_tokens += int(batch.loss_mask_BT[:, 1:].sum())
-            elapsed = time.perf_counter() - start
-            progress.update(task, advance=1, nll=policy_nll[-1], tps=tokens / elapsed)
+            policy_nll_S[step] = loss.policy_nll.detach()
+            if (step + 1) % report_every == 0 or step + 1 == cfg.steps:
+                elapsed = time.perf_counter() - start
+                nll = policy_nll_S[max(0, step + 1 - report_every) : step + 1].mean().item()
+                progress.update(task, completed=step + 1, nll=nll, tps=tokens / elapsed)
+                if lines:
+                    console.print(
+                        f"[{elapsed:7.1f} s] SFT step {step + 1}/{cfg.steps}: policy NLL "
+                        f"{nll:.3f}, {tokens / elapsed:,.0f} tok/s",
+                        highlight=False,
+                        soft_wrap=True,
+                    )
     model.eval()
-    return SFTResult(tuple(policy_nll), tokens, policy_tokens, time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    return SFTResult(tuple(policy_nll_S.tolist()), tokens, policy_tokens, seconds)
 
 
-def _progress(enabled: bool) -> Progress:
+def _progress(enabled: bool, console: Console) -> Progress:
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -270,5 +292,6 @@ def _progress(enabled: bool) -> Progress:
         TextColumn("{task.fields[tps]:,.0f} tok/s"),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
+        console=console,
         disable=not enabled,
     )

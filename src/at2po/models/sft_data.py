@@ -16,6 +16,7 @@ A row is ``prompt ids + (turn ids, observation ids) per turn [+ EOS]``:
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -78,6 +79,10 @@ class Batch:
     attention_mask_BT: torch.Tensor
     loss_mask_BT: torch.Tensor
     observation_mask_BT: torch.Tensor
+
+    def to(self, device: torch.device) -> Batch:
+        """The same batch on ``device``."""
+        return Batch(*(getattr(self, f.name).to(device) for f in dataclasses.fields(self)))
 
 
 def collate(rows: Sequence[SFTExample], pad_id: int) -> Batch:

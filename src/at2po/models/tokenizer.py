@@ -1,10 +1,11 @@
 """A small byte-level BPE tokenizer for the search agent, with a ChatML chat template.
 
 Ids ``0..2`` are the special tokens ``<|pad|>``, ``<|im_start|>``, ``<|im_end|>`` (EOS); then the
-learned BPE vocabulary; the last eight ids are the agent's tags (``<think>``, ``</think>``,
+learned BPE vocabulary; then eight ids for the agent's tags (``<think>``, ``</think>``,
 ``<search>``, ``</search>``, ``<result>``, ``</result>``, ``<answer>``, ``</answer>``), one token
 each. The tags are added tokens but not *special* ones, so ``decode(..., skip_special_tokens=True)``
-keeps them: they are part of what the agent writes.
+keeps them: they are part of what the agent writes. Last come the name words of the closed
+inventory (:func:`at2po.tasks.worlds.names.name_inventory`), one id each, when given.
 
 Names and numbers are tokenized the same wherever they stand, so that copying one (from the
 question or a passage into a query or an answer) is copying the same ids. Byte-level BPE would
@@ -20,7 +21,8 @@ A prompt renders as
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Sequence
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
@@ -47,34 +49,39 @@ MIN_VOCAB_SIZE = len(SPECIAL_TOKENS) + len(TAG_TOKENS) + 256
 
 
 def train_tokenizer(
-    texts: Iterable[str], vocab_size: int = 4096, model_max_length: int = 2048
+    texts: Iterable[str],
+    vocab_size: int = 4096,
+    model_max_length: int = 2048,
+    name_words: Sequence[str] = (),
 ) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE of exactly ``vocab_size`` ids on ``texts`` (see the module docstring).
 
     Every byte has a token (the 256-symbol byte alphabet is always kept), so any text encodes.
+    Each of ``name_words`` (the closed name inventory) becomes one token of its own, matched as a
+    whole word wherever it stands; they come after the tags and count towards ``vocab_size``.
     """
-    if vocab_size < MIN_VOCAB_SIZE:
+    minimum = MIN_VOCAB_SIZE + len(name_words)
+    if vocab_size < minimum:
         raise ValueError(
             f"vocab_size={vocab_size} is too small: the byte alphabet, {len(SPECIAL_TOKENS)} "
-            f"special tokens and {len(TAG_TOKENS)} tags need at least {MIN_VOCAB_SIZE} ids"
+            f"special tokens, {len(TAG_TOKENS)} tags and {len(name_words)} name words need at "
+            f"least {minimum} ids"
         )
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(" (?=[A-Z])"), behavior="isolated"),
-            pre_tokenizers.Digits(individual_digits=True),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
-        ]
-    )
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size - len(TAG_TOKENS),
-        special_tokens=list(SPECIAL_TOKENS),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    bpe.train_from_iterator(texts, trainer)
-    bpe.add_tokens([AddedToken(tag, special=False, normalized=False) for tag in TAG_TOKENS])
+    corpus = list(texts)
+    if name_words:
+        names = re.compile(r"\b(?:" + "|".join(map(re.escape, name_words)) + r")\b")
+        corpus = [names.sub(" ", text) for text in corpus]
+    bpe_size = vocab_size - len(TAG_TOKENS) - len(name_words)
+    for _ in range(3):
+        bpe = _train_bpe(corpus, bpe_size)
+        bpe.add_tokens([AddedToken(tag, special=False, normalized=False) for tag in TAG_TOKENS])
+        bpe.add_tokens(
+            [AddedToken(w, special=False, normalized=False, single_word=True) for w in name_words]
+        )
+        missing = vocab_size - bpe.get_vocab_size()
+        if missing <= 0 or bpe.get_vocab_size(with_added_tokens=False) < bpe_size:
+            break
+        bpe_size += missing  # a name the BPE learned by itself took no new id: learn more merges
     if bpe.get_vocab_size() != vocab_size:
         raise ValueError(
             f"the texts hold too little to learn {vocab_size} ids (got {bpe.get_vocab_size()}); "
@@ -87,3 +94,25 @@ def train_tokenizer(
         chat_template=CHAT_TEMPLATE,
         model_max_length=model_max_length,
     )
+
+
+def _train_bpe(corpus: Sequence[str], size: int) -> Tokenizer:
+    """A byte-level BPE of ``size`` ids (special tokens included) with the module's
+    pre-tokenization: a space before a capital on its own, digits one by one."""
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(" (?=[A-Z])"), behavior="isolated"),
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+        ]
+    )
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=size,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(corpus, trainer)
+    return bpe

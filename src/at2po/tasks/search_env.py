@@ -20,7 +20,7 @@ Observations are the exact text to append after the turn (loss mask 0), always
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -139,13 +139,24 @@ class SearchQAEnv:
 
     stop_strings: tuple[str, ...] = STOP_STRINGS
 
-    def __init__(self, tool: SearchTool, config: SearchEnvConfig | None = None):
-        if not callable(getattr(tool, "run_batch", None)):
-            raise TypeError(
-                f"SearchQAEnv needs a SearchTool, got {type(tool).__name__}; wrap a retriever "
-                "as SearchQAEnv(SearchTool(retriever))"
-            )
+    def __init__(
+        self,
+        tool: SearchTool,
+        config: SearchEnvConfig | None = None,
+        corpora: Mapping[str, SearchTool] | None = None,
+    ):
+        """``tool`` answers every search, except those of an example whose
+        ``metadata["corpus"]`` names a key of ``corpora``: they go to that tool. Synthetic
+        worlds that share name words (and so contradict each other) each get their own corpus
+        this way, in one environment."""
+        for candidate in (tool, *(corpora or {}).values()):
+            if not callable(getattr(candidate, "run_batch", None)):
+                raise TypeError(
+                    f"SearchQAEnv needs SearchTools, got {type(candidate).__name__}; wrap a "
+                    "retriever as SearchQAEnv(SearchTool(retriever))"
+                )
         self.tool = tool
+        self.corpora = dict(corpora or {})
         self.config = config or SearchEnvConfig()
 
     def reset(self, example: QAExample) -> EnvState:
@@ -178,8 +189,10 @@ class SearchQAEnv:
         searching = [
             i for i, (s, a) in enumerate(zip(states, actions, strict=True)) if self._searches(s, a)
         ]
-        tool_outcomes = self.tool.run_batch([actions[i].content for i in searching])
-        tool_outcome_of = dict(zip(searching, tool_outcomes, strict=True))
+        tool_outcome_of = {}
+        for tool, members in self._by_tool(states, searching):
+            outcomes_of_tool = tool.run_batch([actions[i].content for i in members])
+            tool_outcome_of.update(zip(members, outcomes_of_tool, strict=True))
         outcomes = []
         for i, (state, text, action) in enumerate(zip(states, action_texts, actions, strict=True)):
             tool_outcome = tool_outcome_of.get(i)
@@ -212,6 +225,20 @@ class SearchQAEnv:
         if example is None:
             raise ValueError("scoring a response text needs the example it answers")
         return score_response(trajectory, example.golden_answers, self.config.reward)
+
+    def _tool_of(self, example: QAExample) -> SearchTool:
+        corpus = example.metadata.get("corpus") if example.metadata else None
+        return self.corpora.get(corpus, self.tool) if corpus is not None else self.tool
+
+    def _by_tool(
+        self, states: Sequence[EnvState], indices: Sequence[int]
+    ) -> list[tuple[SearchTool, list[int]]]:
+        """``indices`` grouped by the tool that answers their example, in first-seen order."""
+        groups: dict[int, tuple[SearchTool, list[int]]] = {}
+        for i in indices:
+            tool = self._tool_of(states[i].example)
+            groups.setdefault(id(tool), (tool, []))[1].append(i)
+        return list(groups.values())
 
     def _searches(self, state: EnvState, action: Action) -> bool:
         return (

@@ -96,9 +96,26 @@ class ModelConfig(Section):
 
 class WorldsConfig(Section):
     seed: int = Field(0, description="Seed of the synthetic train/dev/test worlds.")
-    n_train: int = Field(2000, ge=1, description="Training questions (train world).")
-    n_dev: int = Field(200, ge=1, description="Held-out questions of the dev world.")
-    n_test: int = Field(200, ge=0, description="Held-out questions of the test world (0: none).")
+    names: Literal["shared", "partitioned"] = Field(
+        "shared",
+        description="`shared`: every split is many small worlds whose names come from one "
+        "closed inventory (one token each in the tiny policy's tokenizer) and whose facts come "
+        "from their own seeds, each searched in its own corpus; `partitioned`: one world per "
+        "split, names made fresh and disjoint between splits.",
+    )
+    questions_per_world: int = Field(
+        100, ge=1, description="Questions per world when names=shared (a split is many worlds)."
+    )
+    n_train: int = Field(2000, ge=1, description="Training questions (train worlds).")
+    n_dev: int = Field(200, ge=1, description="Held-out questions of the dev worlds.")
+    n_test: int = Field(200, ge=0, description="Held-out questions of the test worlds (0: none).")
+    n_novel: int = Field(
+        200,
+        ge=0,
+        description="Held-out questions of a novel-name world (names=shared only; fresh names "
+        "never in the inventory, the harder generalisation; evaluated beside the main held-out "
+        "set as eval_novel/*; 0: none).",
+    )
     question_mix: dict[str, float] | None = Field(
         None,
         description=f"Relative weight of each question type ({', '.join(QUESTION_TYPES)}); "

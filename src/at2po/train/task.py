@@ -18,7 +18,7 @@ from at2po.tasks.retrieval.http_client import HTTPRetriever, RetrievalError, Ret
 from at2po.tasks.rewards import RewardConfig
 from at2po.tasks.search_env import SearchEnvConfig, SearchQAEnv
 from at2po.tasks.search_tool import SearchTool
-from at2po.tasks.worlds.splits import build_splits
+from at2po.tasks.worlds.splits import build_splits, build_world_sets
 from at2po.train.config import ConfigError, TaskConfig
 
 
@@ -40,14 +40,18 @@ class Task:
 
 def build_task(cfg: TaskConfig) -> Task:
     """Questions, retriever and env as ``cfg`` says (module docstring)."""
+    corpora: dict[str, list[Document]] = {}
     if cfg.source == "worlds":
-        splits, documents = _world_splits(cfg)
+        splits, documents, corpora = _world_splits(cfg)
     else:
         splits = _file_splits(cfg)
         documents = None if cfg.retriever == "http" else _corpus(cfg)
-    tool = SearchTool(
-        _retriever(cfg, documents), topk=cfg.search_topk, max_chars=cfg.search_max_chars
-    )
+
+    def tool(docs: list[Document] | None) -> SearchTool:
+        return SearchTool(
+            _retriever(cfg, docs), topk=cfg.search_topk, max_chars=cfg.search_max_chars
+        )
+
     env_cfg = SearchEnvConfig(
         max_tool_calls=cfg.max_tool_calls,
         max_turns=cfg.max_turns,
@@ -55,20 +59,41 @@ def build_task(cfg: TaskConfig) -> Task:
             scheme=cfg.reward, require_think=cfg.require_think, format_penalty=cfg.format_penalty
         ),
     )
-    return Task(SearchQAEnv(tool, env_cfg), splits)
+    if corpora:
+        tools = {name: tool(docs) for name, docs in corpora.items()}
+        return Task(SearchQAEnv(next(iter(tools.values())), env_cfg, corpora=tools), splits)
+    return Task(SearchQAEnv(tool(documents), env_cfg), splits)
 
 
-def _world_splits(cfg: TaskConfig) -> tuple[dict[str, list[QAExample]], list[Document]]:
+def _world_splits(
+    cfg: TaskConfig,
+) -> tuple[dict[str, list[QAExample]], list[Document], dict[str, list[Document]]]:
+    """The splits, all documents, and (names=shared) each world's own corpus by world name."""
     worlds_cfg = cfg.worlds
     overrides = {}
     if worlds_cfg.question_mix is not None:
         overrides["question_mix"] = tuple(worlds_cfg.question_mix.items())
-    worlds = build_splits(
-        worlds_cfg.seed, worlds_cfg.n_train, worlds_cfg.n_dev, worlds_cfg.n_test, **overrides
+    if worlds_cfg.names == "partitioned":
+        worlds = build_splits(
+            worlds_cfg.seed, worlds_cfg.n_train, worlds_cfg.n_dev, worlds_cfg.n_test, **overrides
+        )
+        splits = {name: list(world.questions) for name, world in worlds.items()}
+        documents = [doc for world in worlds.values() for doc in world.documents]
+        return splits, documents, {}
+    counts = {"train": worlds_cfg.n_train, "dev": worlds_cfg.n_dev, "test": worlds_cfg.n_test}
+    sets = build_world_sets(
+        worlds_cfg.seed,
+        counts,
+        worlds_cfg.questions_per_world,
+        worlds_cfg.n_novel,
+        **overrides,
     )
-    splits = {name: list(world.questions) for name, world in worlds.items()}
-    documents = [doc for world in worlds.values() for doc in world.documents]
-    return splits, documents
+    splits = {name: [q for world in group for q in world.questions] for name, group in sets.items()}
+    corpora = {
+        world.config.name: list(world.documents) for group in sets.values() for world in group
+    }
+    documents = [doc for docs in corpora.values() for doc in docs]
+    return splits, documents, corpora
 
 
 def _file_splits(cfg: TaskConfig) -> dict[str, list[QAExample]]:

@@ -30,6 +30,7 @@ from rich.console import Console
 
 from at2po.core.losses import PolicyLossConfig
 from at2po.rollout.codec import Codec
+from at2po.rollout.evaluate import evaluate
 from at2po.tasks.datasets import QAExample
 from at2po.train.checkpoint import (
     global_rng_state,
@@ -42,7 +43,6 @@ from at2po.train.checkpoint import (
 )
 from at2po.train.config import ConfigError, TrainConfig
 from at2po.train.display import TrainDisplay, summary_table
-from at2po.train.evaluate import evaluate
 from at2po.train.optim import build_optimizer
 from at2po.train.policy import (
     build_engine,

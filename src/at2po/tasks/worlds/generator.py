@@ -28,7 +28,7 @@ from types import MappingProxyType
 from at2po.tasks.datasets import QAExample
 from at2po.tasks.retrieval.corpus import Document
 from at2po.tasks.worlds.model import Entity
-from at2po.tasks.worlds.names import PARTITION_BUCKETS, NameMaker
+from at2po.tasks.worlds.names import NAME_SOURCES, NameMaker
 from at2po.tasks.worlds.questions import QUESTION_TYPES, generate_questions
 from at2po.tasks.worlds.templates import (
     ENTITY_KINDS,
@@ -84,8 +84,9 @@ class WorldConfig:
     name: str = "world"
     """Prefix of document ids (``{name}-d000012``) and question ids (``{name}-q000003``)."""
     partition: str = "train"
-    """Name partition (``train``, ``dev``, ``test``); worlds of different partitions share no
-    name word."""
+    """Where name words come from: ``shared`` (the closed inventory every shared world draws
+    from, one token each in the tiny policy's tokenizer) or a partition of fresh words
+    (``train``, ``dev``, ``test``; worlds of different partitions share no name word)."""
     n_countries: int = 6
     n_cities: int = 30
     n_people: int = 120
@@ -113,9 +114,9 @@ class WorldConfig:
     """An entity's facts are spread over at most this many documents (all with its title)."""
 
     def __post_init__(self) -> None:
-        if self.partition not in PARTITION_BUCKETS:
+        if self.partition not in NAME_SOURCES:
             raise ValueError(
-                f"WorldConfig.partition={self.partition!r}; use one of {sorted(PARTITION_BUCKETS)}"
+                f"WorldConfig.partition={self.partition!r}; use one of {list(NAME_SOURCES)}"
             )
         minimums = {
             "n_countries": 2,

@@ -1,10 +1,22 @@
-"""Invented, pronounceable names built from syllables, kept apart between dataset splits.
+"""Invented, pronounceable names built from syllables: a closed shared inventory, or fresh words
+kept apart between dataset splits.
 
 A name is two or three syllables (onset + vowel + coda), capitalised: ``Maren``, ``Tolvik``,
 ``Ostravia``. No model has seen these names, so a question about them can only be answered by
 searching the corpus.
 
-Splits never share a name word. Every word falls into one of ten buckets by a fixed checksum
+Two ways to draw a world's name words:
+
+* ``shared`` (the default of the demo task): every world draws from one closed inventory of
+  :data:`INVENTORY_SIZE` words (:func:`name_inventory`), fixed once for all. The tiny policy's
+  tokenizer holds each of them as one token, so copying a name is copying one id. What keeps a
+  world unmemorisable is that every world picks its names from the inventory and every fact
+  afresh from its own seed: knowing that ``Tolvik`` was born in ``Maren`` in one world says
+  nothing about another.
+* ``train`` / ``dev`` / ``test`` partitions: fresh words made on the fly, split into pieces by the
+  tokenizer, never shared between partitions ("novel names", the harder held-out set).
+
+Partitions never share a name word. Every word falls into one of ten buckets by a fixed checksum
 (``zlib.crc32`` of its lower-case letters, modulo 10); the train partition accepts buckets 0–7,
 dev bucket 8 and test bucket 9. A test-split name therefore cannot occur in a train world, whatever
 the seeds and sizes of the two worlds.
@@ -12,6 +24,7 @@ the seeds and sizes of the two worlds.
 
 from __future__ import annotations
 
+import functools
 import random
 import re
 import zlib
@@ -21,6 +34,12 @@ PARTITION_BUCKETS: dict[str, frozenset[int]] = {
     "dev": frozenset({8}),
     "test": frozenset({9}),
 }
+SHARED = "shared"
+"""The name source that draws from the closed inventory instead of a partition."""
+NAME_SOURCES: tuple[str, ...] = (SHARED, *PARTITION_BUCKETS)
+INVENTORY_SIZE = 512
+"""Words of the closed inventory (a world of the default size uses about 180 of them)."""
+_INVENTORY_SEED = "at2po/name-inventory/v1"
 
 _ONSETS = (
     "b", "br", "d", "dr", "f", "g", "gr", "h", "k", "kr", "l", "m", "n", "p", "r", "s", "sh",
@@ -47,19 +66,31 @@ def partition_of(word: str) -> str:
     return next(name for name, buckets in PARTITION_BUCKETS.items() if bucket in buckets)
 
 
-class NameMaker:
-    """Draws fresh name words for one world: never repeated, all from one split partition."""
+@functools.cache
+def name_inventory() -> tuple[str, ...]:
+    """The closed inventory: :data:`INVENTORY_SIZE` distinct words of the train partition, made
+    from a fixed seed (the same on every machine and in every version of this module's v1)."""
+    maker = NameMaker(random.Random(_INVENTORY_SEED), "train")
+    return tuple(maker.word() for _ in range(INVENTORY_SIZE))
 
-    def __init__(self, rng: random.Random, partition: str) -> None:
-        if partition not in PARTITION_BUCKETS:
-            raise ValueError(
-                f"unknown name partition {partition!r}; use one of {sorted(PARTITION_BUCKETS)}"
-            )
+
+class NameMaker:
+    """Draws name words for one world, never repeated: fresh words of one split partition, or
+    words of the closed inventory (``source="shared"``)."""
+
+    def __init__(self, rng: random.Random, source: str) -> None:
+        if source not in NAME_SOURCES:
+            raise ValueError(f"unknown name source {source!r}; use one of {list(NAME_SOURCES)}")
         self._rng = rng
-        self._buckets = PARTITION_BUCKETS[partition]
+        self._shared = source == SHARED
+        self._buckets = PARTITION_BUCKETS["train" if self._shared else source]
         self._used: set[str] = set()
+        self._unused: list[str] = list(name_inventory()) if self._shared else []
+        self._inventory = frozenset(self._unused)
 
     def _accepts(self, word: str) -> bool:
+        if self._shared:
+            return word in self._inventory and word not in self._used
         lower = word.lower()
         if word in self._used or not 4 <= len(word) <= 9 or lower in _FUNCTION_WORDS:
             return False
@@ -70,6 +101,15 @@ class NameMaker:
     def word(self) -> str:
         """A new capitalised word of two or three syllables, unused in this world."""
         rng = self._rng
+        if self._shared:
+            if not self._unused:
+                raise ValueError(
+                    f"the world needs more than the {INVENTORY_SIZE} words of the shared name "
+                    "inventory; make it smaller (fewer people, cities, organisations, works)"
+                )
+            word = self._unused.pop(rng.randrange(len(self._unused)))
+            self._used.add(word)
+            return word
         while True:
             n_syllables = 2 if rng.random() < 0.7 else 3
             parts = [
@@ -94,5 +134,7 @@ class NameMaker:
                 candidate = word[:i] + replaced + word[i + 1 :]
                 if candidate != word and self._accepts(candidate):
                     self._used.add(candidate)
+                    if self._shared:
+                        self._unused.remove(candidate)
                     return candidate
         return None

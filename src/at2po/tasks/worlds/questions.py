@@ -298,6 +298,7 @@ def _metadata(draft: _Draft, world: WorldView) -> dict[str, Any]:
     supporting_docs = list(dict.fromkeys(world.fact_docs[fact] for fact in draft.facts))
     return {
         "type": draft.type,
+        "corpus": world.config.name,
         "hops": len(draft.hops),
         "supporting_docs": supporting_docs,
         "supporting_facts": [
