@@ -17,6 +17,7 @@ from at2po.models.sft import SFTConfig
 from at2po.models.tiny import TinyModelConfig
 from at2po.models.tokenizer import TAG_TOKENS
 from at2po.tasks.search_env import SearchEnvConfig
+from at2po.tasks.worlds.names import name_inventory
 
 TOY = BootstrapConfig(
     demo_worlds=2,
@@ -24,9 +25,10 @@ TOY = BootstrapConfig(
     env=SearchEnvConfig(max_tool_calls=2, max_turns=3),
     tokenizer_worlds=1,
     tokenizer_name_words=500,
-    vocab_size=700,
+    vocab_size=1300,
     model=TinyModelConfig(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2),
     sft=SFTConfig(steps=3, batch_size=4),
+    device="cpu",
     eval_questions=3,
     eval_max_turn_tokens=8,
 )
@@ -47,13 +49,17 @@ def test_writes_a_loadable_model_and_its_record(built):
     model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
     assert len(tokenizer) == TOY.vocab_size == model.config.vocab_size
     assert all(len(tokenizer.encode(tag, add_special_tokens=False)) == 1 for tag in TAG_TOKENS)
+    assert all(len(tokenizer.encode(w, add_special_tokens=False)) == 1 for w in name_inventory())
     record = json.loads((directory / BOOTSTRAP_FILE).read_text())
     assert record["settings"]["sft"]["steps"] == 3
     assert record["world_seeds"] == TOY.world_seeds()
     assert record["parameters"] == sum(p.numel() for p in model.parameters())
     assert record["demonstrations"]["episodes"] == 16
-    assert record["held_out_2hop"]["n"] == TOY.eval_questions
-    assert 0.0 <= record["held_out_2hop"]["em"] <= 1.0
+    assert set(record["held_out"]) == {"dev", "novel"}
+    for held_out in record["held_out"].values():
+        assert held_out["n"] == TOY.eval_questions
+        assert 0.0 <= held_out["em"] <= 1.0
+    assert set(record["copy_accuracy"]) == {"query", "answer", "n_query", "n_answer"}
     assert set(record["seconds"]) == {"tokenizer", "demonstrations", "sft", "eval"}
     assert [p.name for p in directory.parent.iterdir()] == [TINY_MODEL_NAME]
 

@@ -32,7 +32,7 @@ from at2po.tasks.worlds.templates import (
     render_fact,
 )
 
-METADATA_KEYS = {"type", "hops", "supporting_docs", "supporting_facts", "plan"}
+METADATA_KEYS = {"corpus", "type", "hops", "supporting_docs", "supporting_facts", "plan"}
 
 
 @pytest.fixture(scope="module")
@@ -261,7 +261,7 @@ def test_name_partitions_are_fixed_and_names_never_repeat():
     near = maker.near(words[0])
     assert near is not None and len(near) == len(words[0])
     assert sum(a != b for a, b in zip(near, words[0], strict=True)) == 1
-    with pytest.raises(ValueError, match="partition"):
+    with pytest.raises(ValueError, match="name source"):
         NameMaker(random.Random(0), "holdout")
 
 

@@ -60,6 +60,19 @@ class TrainDisplay:
         self._progress.update(self._task, advance=1, **fields)
 
 
+SUMMARY_ROWS: tuple[tuple[str, str], ...] = tuple(
+    (f"{prefix}/{name}", f"{label} {what}")
+    for prefix, label in (("eval", "held-out"), ("eval_novel", "novel names"))
+    for name, what in (
+        ("em", "EM"),
+        ("f1", "F1"),
+        ("format_ok", "format valid"),
+        ("tool_calls", "searches / question"),
+    )
+)
+"""Rows of the before/after table: metric key and label (rows without values are left out)."""
+
+
 def summary_table(
     name: str,
     before: Mapping[str, float] | None,
@@ -76,9 +89,11 @@ def summary_table(
     table.add_column("before", justify="right")
     table.add_column("after", justify="right")
     table.add_column("change", justify="right")
-    for key, label in (("eval/em", "held-out EM"), ("eval/f1", "held-out F1")):
+    for key, label in SUMMARY_ROWS:
         first = None if before is None else before.get(key)
         last = None if after is None else after.get(key)
+        if first is None and last is None:
+            continue
         change = f"{last - first:+.3f}" if first is not None and last is not None else ""
         table.add_row(label, _fmt(first), _fmt(last), change)
     if best is not None:

@@ -115,6 +115,7 @@ class Trainer:
         self.task = task or build_task(cfg.task)
         self.train_examples = self.task.split("train")
         self.eval_examples = self.task.split(cfg.train.eval_split)[: cfg.train.eval_size]
+        self.novel_examples = self.task.splits.get("novel", [])[: cfg.train.eval_size]
         self.run_dir.root.mkdir(parents=True, exist_ok=True)
 
         policy_dir = checkpoint_path or initial_dir
@@ -213,7 +214,7 @@ class Trainer:
             (
                 int(r["step"]),
                 int(r.get("rollout/generated_tokens_total", 0)),
-                {k: v for k, v in r.items() if k.startswith("eval/")},
+                {k: v for k, v in r.items() if k.startswith(("eval/", "eval_novel/"))},
             )
             for r in read_metrics(self.run_dir.metrics)
             if "eval/em" in r
@@ -223,17 +224,24 @@ class Trainer:
         )
 
     def _evaluate(self, display: TrainDisplay) -> dict[str, float]:
+        """Greedy metrics on the held-out split (``eval/*``) and, where the task has one, on the
+        novel-name split (``eval_novel/*``)."""
         clock = time.perf_counter()
-        total = len(self.eval_examples)
-        display.phase("eval")
-        metrics = evaluate(
-            self.engine,
-            self.codec,
-            self.task.env,
-            self.eval_examples,
-            self.rollout_cfg,
-            on_progress=lambda done: display.eval_progress(done, total),
-        )
+        metrics: dict[str, float] = {}
+        for prefix, examples in (("eval", self.eval_examples), ("eval_novel", self.novel_examples)):
+            if not examples:
+                continue
+            display.phase(prefix)
+            total = len(examples)
+            metrics |= evaluate(
+                self.engine,
+                self.codec,
+                self.task.env,
+                examples,
+                self.rollout_cfg,
+                on_progress=lambda done, total=total: display.eval_progress(done, total),
+                prefix=prefix,
+            )
         metrics["perf/seconds_eval"] = time.perf_counter() - clock
         return metrics
 
@@ -253,7 +261,8 @@ class Trainer:
             "sampler": self.sampler.state_dict(),
             "rng": random_state(self.rng),
             "global_rng": global_rng_state(),
-            "eval": {k: v for k, v in metrics.items() if k.startswith("eval/")} or None,
+            "eval": {k: v for k, v in metrics.items() if k.startswith(("eval/", "eval_novel/"))}
+            or None,
         }
         return save_checkpoint(
             self.run_dir.checkpoints,

@@ -45,6 +45,7 @@ QUESTION_SCHEMA = pa.schema(
             pa.struct(
                 [
                     ("type", pa.string()),
+                    ("corpus", pa.string()),
                     ("hops", pa.int32()),
                     ("supporting_docs", pa.list_(pa.string())),
                     ("supporting_facts", pa.list_(_FACT)),
