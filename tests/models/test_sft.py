@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import random
+import re
 
 import pytest
 import torch
+from rich.console import Console
 
 from at2po.models.sft import (
     SFTConfig,
@@ -158,3 +161,17 @@ def test_nothing_to_train_is_an_error():
     with pytest.raises(ValueError, match="no row has a token with loss mask 1"):
         cfg = SFTConfig(steps=2)
         train_sft(_model(), [SFTExample((1, 2), (0, 0), (0, 1))], cfg, pad_id=0)
+
+
+def test_redirected_output_gets_a_line_every_5_percent_of_the_steps():
+    """On a file (no terminal), progress is plain lines with the elapsed time, not a bar."""
+    stream = io.StringIO()
+    console = Console(file=stream, force_terminal=False, width=200)
+    rows = _rows(5, seed=3) * 4
+    train_sft(_model(seed=1), rows, SFTConfig(steps=40, batch_size=3), pad_id=PAD, console=console)
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 20
+    assert re.fullmatch(
+        r"\[\s+\d+\.\d s\] SFT step 2/40: policy NLL \d+\.\d{3}, [\d,]+ tok/s", lines[0]
+    )
+    assert lines[-1].split("]")[1].startswith(" SFT step 40/40")

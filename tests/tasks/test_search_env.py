@@ -321,3 +321,28 @@ def test_env_never_raises_on_agent_text(env, turns):
     assert result.reward in (-1.0, 0.0, 1.0)
     if any(turn.action.kind == "invalid" for turn in state.turns):
         assert result.scores["format_ok"] == 0.0
+
+
+def test_searches_go_to_the_corpus_the_example_names():
+    """Two corpora that state different facts about the same name: each question is answered
+    from its own, and questions naming no known corpus use the default tool."""
+
+    def tool(fact: str) -> SearchTool:
+        return SearchTool(BM25Retriever([Document("d0", f'"Tolvik"\n{fact}')]), topk=1)
+
+    env = SearchQAEnv(
+        tool("Tolvik was born in Default."),
+        corpora={"a": tool("Tolvik was born in Amber."), "b": tool("Tolvik was born in Birch.")},
+    )
+    examples = [
+        QAExample("q1", "Where?", ("x",), "t", {"corpus": "a"}),
+        QAExample("q2", "Where?", ("x",), "t", {"corpus": "b"}),
+        QAExample("q3", "Where?", ("x",), "t", {}),
+    ]
+    states = [env.reset(ex) for ex in examples]
+    outcomes = env.step_batch(states, ["<search>Tolvik born</search>"] * 3)
+    assert ["Amber" in o.observation for o in outcomes] == [True, False, False]
+    assert ["Birch" in o.observation for o in outcomes] == [False, True, False]
+    assert ["Default" in o.observation for o in outcomes] == [False, False, True]
+    with pytest.raises(TypeError, match="SearchTools"):
+        SearchQAEnv(tool("x"), corpora={"a": object()})

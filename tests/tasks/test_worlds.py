@@ -22,7 +22,8 @@ from at2po.tasks.worlds import (
     export_splits,
     generate_world,
 )
-from at2po.tasks.worlds.names import NameMaker, partition_of
+from at2po.tasks.worlds.names import NameMaker, name_inventory, partition_of
+from at2po.tasks.worlds.splits import build_world_sets, world_set_seed
 from at2po.tasks.worlds.templates import (
     GOVERNMENT_FORMS,
     ORG_SUFFIXES,
@@ -361,3 +362,76 @@ def test_cli_generate_writes_the_files(tmp_path, capsys):
         "train.jsonl",
     ]
     assert "train: 30 questions" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- shared-name worlds (the default)
+def test_shared_worlds_draw_every_name_word_from_the_inventory():
+    inventory = set(name_inventory())
+    for seed in (0, 1):
+        world = generate_world(WorldConfig(seed=seed, partition="shared", n_questions=20))
+        words = [
+            word
+            for kind in ("person", "city", "country")
+            for entity in world.entities_of(kind)
+            for word in entity.name.split(" ")
+        ]
+        words += [entity.name.split(" ")[0] for entity in world.entities_of("org")]
+        assert len(words) > 150 and set(words) <= inventory
+
+
+def test_a_fact_of_one_shared_world_says_nothing_about_another():
+    """Remembering every fact of 20 training worlds answers at most 2 % of 200 held-out
+    questions (the strongest answer-without-searching baseline: exact hop-by-hop recall)."""
+    sets = build_world_sets(0, {"train": 2000, "dev": 200}, questions_per_world=100)
+    memory: dict[tuple[str, str], str] = {}
+    for world in sets["train"]:
+        memory.update(world.facts)
+    right = 0
+    for question in (q for world in sets["dev"] for q in world.questions):
+        values: list[str] = []
+        for hop in question.metadata["plan"]["hops"]:
+            subject = hop["subject"] if hop["subject_ref"] < 0 else values[hop["subject_ref"]]
+            values.append(memory.get((subject, hop["relation"]), ""))
+        right += values[-1] in question.golden_answers
+    assert right / 200 <= 0.02
+
+
+def test_world_sets_are_many_worlds_each_with_its_own_corpus_and_seed():
+    sets = build_world_sets(3, {"train": 250, "dev": 100}, questions_per_world=100, n_novel=30)
+    assert [w.config.name for w in sets["train"]] == ["train000", "train001", "train002"]
+    assert [len(w.questions) for w in sets["train"]] == [100, 100, 50]
+    assert [w.config.seed for w in sets["dev"]] == [world_set_seed(3, "dev", 0)]
+    assert sets["novel"][0].config.partition == "test" and len(sets["novel"][0].questions) == 30
+    for group in sets.values():
+        for world in group:
+            assert {q.metadata["corpus"] for q in world.questions} == {world.config.name}
+    seeds = [w.config.seed for group in sets.values() for w in group]
+    assert len(set(seeds)) == len(seeds)
+
+
+def test_held_out_worlds_never_reuse_a_demonstration_seed():
+    from at2po.models.bootstrap import BootstrapConfig
+
+    demo = BootstrapConfig()
+    used = {s for seeds in demo.world_seeds().values() for s in seeds}
+    for seed in range(3):
+        held_out = {world_set_seed(seed, "dev", i) for i in range(50)}
+        held_out |= {world_set_seed(seed, "test", i) for i in range(50)}
+        assert not held_out & used
+
+
+def test_the_environment_searches_each_question_in_its_own_world():
+    from at2po.models.demos import worlds_env
+    from at2po.tasks.search_env import SearchEnvConfig
+
+    sets = build_world_sets(0, {"train": 100, "dev": 100})
+    worlds = [*sets["train"], *sets["dev"]]
+    env = worlds_env(worlds, SearchEnvConfig())
+    for world in worlds:
+        question = world.questions[0]
+        subject = question.metadata["plan"]["hops"][0]["subject"]
+        outcome = env.step(env.reset(question), f"<search>{subject}</search>")
+        own_docs = {d.contents.split("\n", 1)[0] for d in world.documents}
+        titles = [line.split('" ', 1)[0] + '"' for line in outcome.observation.splitlines()[1:-1]]
+        titles = [t.split(": ", 1)[1] for t in titles]
+        assert titles and all(title in own_docs for title in titles)

@@ -50,6 +50,7 @@ def test_every_preset_trains_two_steps_with_finite_metrics(tiny_policy_dir, tmp_
             record
         )
     assert "eval/em" in records[0] and "eval/em" in records[2]
+    assert records[0]["eval_novel/n"] == 4 and "eval_novel/em" in records[2]
     if preset == "grpo":
         assert "loss/kl" in records[1]
     assert result.steps == 2 and result.generated_tokens > 0

@@ -44,6 +44,8 @@ def fast_overrides(model_dir: Path, out_dir: Path) -> list[str]:
         "task.worlds.n_train=40",
         "task.worlds.n_dev=8",
         "task.worlds.n_test=4",
+        "task.worlds.n_novel=4",
+        "task.worlds.questions_per_world=20",
         "task.max_turns=3",
         "rollout.max_turn_tokens=12",
         "rollout.max_response_tokens=60",
