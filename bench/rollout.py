@@ -1,6 +1,7 @@
 """Benchmark: AT²PO tree rollout vs independent chains, on the same prompts and model.
 
-Variants (all on the same dev questions of a synthetic world, BM25 search, temperature 1):
+Variants (all on the same held-out questions of the demo task: shared-name dev worlds, 30 %
+one-hop and 70 % two-hop, each world searched in its own BM25 corpus; temperature 1):
 
 * ``tree``: M=10 chains, L=2 rounds of K=6 entropy-picked re-samples, N=22 rows;
 * ``chains22``: 22 independent chains (the tree's row count);
@@ -10,6 +11,12 @@ Targets: the tree generates ≤ 0.8× the tokens of 22 chains and takes ≤ 0.85
 It also checks the token-cost formula of docs/rollout.md: tree tokens ≈ (M + L·K·f)·B, with B the
 mean generated tokens of one chain and f the mean fraction of a trajectory a re-sample regenerates
 (the paper assumes f = 1/2); both the f = 1/2 prediction and the measured f are printed.
+
+Where expansion lands: the tree record also gives the mean entropy of the turns the entropy score
+picked and of those it never picked, and ``expanded_turns``: how many re-sampled turns hang at
+each turn index of the kept tree (turn 1 counts the root's children beyond the M chains; deeper
+branch points are all expansions), with the mean reward of the rows below the branch points of
+each depth ≥ 2.
 
 Engine throughput and prefix-cache savings are measured by bench/engine.py.
 
@@ -24,15 +31,40 @@ import time
 
 import torch
 
+from at2po.models.bootstrap import DEMO_MIX
+from at2po.models.demos import worlds_env
 from at2po.models.registry import resolve_model
 from at2po.rollout.codec import Codec
 from at2po.rollout.config import RolloutConfig
 from at2po.rollout.hf_engine import HFEngine
 from at2po.rollout.rollouts import rollout
-from at2po.tasks.retrieval.bm25 import BM25Retriever
-from at2po.tasks.search_env import SearchQAEnv
-from at2po.tasks.search_tool import SearchTool
-from at2po.tasks.worlds.splits import build_splits
+from at2po.tasks.search_env import SearchEnvConfig
+from at2po.tasks.worlds.splits import build_world_sets
+
+
+def expansion_sites(groups, n_chains: int) -> dict:
+    """Re-sampled turns per turn index and the mean reward of the rows below each depth's
+    branch points (see the module docstring)."""
+    counts: dict[int, int] = {}
+    rewards: dict[int, list[float]] = {}
+    for group in groups:
+        tree = group.tree
+        for node_id in range(len(tree.nodes)):
+            children = tree.children(node_id)
+            extra = len(children) - (n_chains if node_id == 0 else 1)
+            if extra <= 0:
+                continue
+            depth = tree.depth(node_id) + 1
+            counts[depth] = counts.get(depth, 0) + extra
+            for leaf in group.row_leaves if depth >= 2 else ():
+                if node_id in tree.path(leaf):
+                    rewards.setdefault(depth, []).append(tree.nodes[leaf].reward or 0.0)
+    return {
+        "expanded_turns": {f"turn{d}": counts[d] for d in sorted(counts)},
+        "reward_below_branch": {
+            f"turn{d}": round(sum(r) / len(r), 3) for d, r in sorted(rewards.items())
+        },
+    }
 
 
 def main() -> None:
@@ -47,9 +79,9 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    world = build_splits(args.seed, n_train=0, n_dev=args.prompts, n_test=0)["dev"]
-    examples = list(world.questions[: args.prompts])
-    env = SearchQAEnv(SearchTool(BM25Retriever(world.documents)))
+    worlds = build_world_sets(args.seed, {"dev": args.prompts}, question_mix=DEMO_MIX)["dev"]
+    examples = [q for world in worlds for q in world.questions][: args.prompts]
+    env = worlds_env(worlds, SearchEnvConfig())
     path = resolve_model(args.model)
     engine = HFEngine.from_pretrained(path)
     codec = Codec.from_tokenizer(engine.tokenizer)
@@ -90,6 +122,11 @@ def main() -> None:
             "cached_tokens": int(metrics["rollout/cached_tokens"]),
             "prefill_tokens": int(metrics["rollout/prefill_tokens"]),
         }
+        if name == "tree":
+            record |= expansion_sites(out.groups, n_chains=cfg.n_chains)
+            for key in ("tree/picked_entropy", "tree/unpicked_entropy"):
+                if key in metrics:
+                    record[key.split("/")[1]] = round(metrics[key], 3)
         print(json.dumps(record), flush=True)
 
     tokens22, wall22, _ = measured["chains22"]

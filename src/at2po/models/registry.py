@@ -31,7 +31,7 @@ def resolve_model(name_or_path: str | Path, cache_dir: str | Path | None = None)
             where = "" if cache_dir is None else f" --cache-dir {cache_dir}"
             raise FileNotFoundError(
                 f"the tiny model is not built yet (no {directory}); run `at2po bootstrap{where}` "
-                "first (a few minutes on a CPU)"
+                "first (it installs the shipped policy in seconds)"
             )
         return directory
     if name == "smollm2-135m":
