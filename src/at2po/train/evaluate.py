@@ -20,7 +20,8 @@ def evaluate_checkpoint(
     """Held-out metrics of a saved checkpoint, with its run's config (plus ``overrides``).
 
     ``split`` (``dev``/``test``) replaces ``train.eval_split``; the first ``train.eval_size``
-    questions are evaluated, as during training.
+    questions are evaluated, as during training, and so are those of the novel-name split
+    (``eval_novel/*``) where the task has one.
     """
     if not (path / CONFIG_FILE).is_file():
         raise ConfigError(
@@ -31,11 +32,17 @@ def evaluate_checkpoint(
     cfg = load_config(path / CONFIG_FILE, [*overrides, *extra])
     set_threads(cfg.model)
     task = build_task(cfg.task)
-    examples = task.split(cfg.train.eval_split)[: cfg.train.eval_size]
+    sets = {
+        "eval": task.split(cfg.train.eval_split)[: cfg.train.eval_size],
+        "eval_novel": task.splits.get("novel", [])[: cfg.train.eval_size],
+    }
     tokenizer = load_tokenizer(path)
     model = load_model(path, cfg.model, trainable=False)
     engine = build_engine(model, tokenizer, cfg.rollout)
-    metrics = evaluate(
-        engine, Codec.from_tokenizer(tokenizer), task.env, examples, cfg.rollout.to_rollout_config()
-    )
+    codec = Codec.from_tokenizer(tokenizer)
+    metrics: dict[str, float] = {}
+    for prefix, examples in sets.items():
+        if examples:
+            rollout_cfg = cfg.rollout.to_rollout_config()
+            metrics |= evaluate(engine, codec, task.env, examples, rollout_cfg, prefix=prefix)
     return cfg, metrics
