@@ -1,4 +1,4 @@
-"""Learning results of finished runs as JSON lines: one line per run, for bench/results/learning.jsonl.
+"""Learning results of finished runs as JSON lines (bench/results/learning.jsonl), one per run.
 
 Reads run directories laid out as ``at2po compare`` writes them (``<root>/<preset>/seed<k>/``,
 each with ``metrics.jsonl``) and prints, per run: ``preset``, ``seed``, ``generated_tokens``
