@@ -44,9 +44,7 @@ def summarise(run: Path) -> dict:
         "searches_before": evals[0].get("eval/tool_calls"),
         "searches_after": evals[-1].get("eval/tool_calls"),
         "wall_s": round(records[-1]["time"] - records[0]["time"], 1),
-        "curve": [
-            (int(r.get("rollout/generated_tokens_total", 0.0)), r["eval/em"]) for r in evals
-        ],
+        "curve": [(int(r.get("rollout/generated_tokens_total", 0.0)), r["eval/em"]) for r in evals],
     }
 
 
