@@ -1,8 +1,11 @@
 """What a run shows on the terminal: a progress bar with the current phase, live reward and EM, and
-a one-screen summary at the end. Everything goes to stderr; ``enabled=False`` shows nothing."""
+a one-screen summary at the end. When the console is not a terminal (output redirected to a file
+or a CI log) the bar is replaced by one line per step and per evaluation, each with the elapsed
+time. Everything goes to stderr; ``enabled=False`` shows nothing."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,6 +25,11 @@ class TrainDisplay:
     """Progress of the steps of one run, with the phase being run and the latest numbers."""
 
     def __init__(self, console: Console, enabled: bool, total_steps: int, done_steps: int) -> None:
+        self._console = console
+        self._lines = enabled and not console.is_terminal
+        self._total = total_steps
+        self._step = done_steps
+        self._start = time.perf_counter()
         self._progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -32,7 +40,7 @@ class TrainDisplay:
             TimeElapsedColumn(),
             TimeRemainingColumn(),
             console=console,
-            disable=not enabled,
+            disable=not enabled or self._lines,
         )
         self._task = self._progress.add_task(
             "train", total=total_steps, completed=done_steps, phase="", reward="–", em="–"
@@ -47,6 +55,23 @@ class TrainDisplay:
 
     def phase(self, name: str) -> None:
         self._progress.update(self._task, phase=name)
+        if name.startswith("eval"):
+            self._line(f"{name}: evaluating")
+
+    def evaluated(self, metrics: Mapping[str, float]) -> None:
+        """One line with the held-out numbers just measured (redirected output only)."""
+        parts = [
+            f"{label} {metrics[key]:.3f}"
+            for key, label in (
+                ("eval/em", "held-out EM"),
+                ("eval/f1", "F1"),
+                ("eval/tool_calls", "searches"),
+                ("eval_novel/em", "novel-name EM"),
+            )
+            if key in metrics
+        ]
+        if parts:
+            self._line(", ".join(parts))
 
     def eval_progress(self, done: int, total: int) -> None:
         self._progress.update(self._task, phase=f"eval {done}/{total}")
@@ -58,6 +83,17 @@ class TrainDisplay:
         if "eval/em" in metrics:
             fields["em"] = f"{metrics['eval/em']:.3f}"
         self._progress.update(self._task, advance=1, **fields)
+        self._step += 1
+        tokens = metrics.get("rollout/generated_tokens_total")
+        self._line(
+            f"step {self._step}/{self._total}: reward {fields.get('reward', '–')}"
+            + (f", {tokens:,.0f} generated tokens" if tokens is not None else "")
+        )
+
+    def _line(self, text: str) -> None:
+        if self._lines:
+            elapsed = time.perf_counter() - self._start
+            self._console.print(f"[{elapsed:7.1f} s] {text}", highlight=False, soft_wrap=True)
 
 
 SUMMARY_ROWS: tuple[tuple[str, str], ...] = tuple(

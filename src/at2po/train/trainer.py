@@ -243,6 +243,7 @@ class Trainer:
                 prefix=prefix,
             )
         metrics["perf/seconds_eval"] = time.perf_counter() - clock
+        display.evaluated(metrics)
         return metrics
 
     def next_examples(self, k: int) -> list[QAExample]:
