@@ -32,8 +32,8 @@ format: $(VENV)/.installed
 test: lint
 	$(BIN)/pytest -q
 
-# The main job on the embedded default: build the tiny model once (cached), then train AT²PO on
-# synthetic multi-hop worlds and report held-out EM before vs after.
+# The main job on the embedded default: install the shipped tiny policy into the cache (seconds),
+# then train AT²PO on synthetic multi-hop worlds and report held-out EM before vs after.
 demo: $(VENV)/.installed
 	$(BIN)/at2po bootstrap
 	$(BIN)/at2po train configs/quickstart.yaml

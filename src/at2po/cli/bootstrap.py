@@ -1,7 +1,7 @@
 """``at2po bootstrap``: build (once) the tiny default policy warm-started on the search task.
 
     at2po bootstrap                       # install the shipped default policy (or reuse the cache)
-    at2po bootstrap --force               # rebuild it from scratch (a GPU: ~6 min; a CPU: hours)
+    at2po bootstrap --force               # rebuild it from scratch (H200: 7 min; CPU: ~7 h)
     at2po bootstrap --force --steps 600 --demo-worlds 40   # rebuild with other settings
     at2po bootstrap --smollm2             # also convert the SmolLM2-135M-Instruct preset
 
