@@ -7,7 +7,8 @@ eval split), ``novel_em_before``, ``novel_em_after`` (the novel-name world), ``w
 the run's first to last metrics record), ``tokens_to_reach`` (generated tokens at the first
 evaluation whose EM reaches ``--reference``'s mean final EM; null if never) and ``commit``.
 
-Usage: ``python bench/learning.py runs/compare [--reference grpo] [--label quickstart]``.
+Usage: ``python bench/learning.py runs/compare [--reference grpo] [--label quickstart]
+[--commit HASH]``.
 """
 
 from __future__ import annotations
@@ -58,8 +59,9 @@ def main() -> None:
     parser.add_argument("root", type=Path, help="directory holding <preset>/seed<k>/ runs")
     parser.add_argument("--reference", default="grpo", help="preset whose final EM is the bar")
     parser.add_argument("--label", default=None, help="a name for this experiment, stored as-is")
+    parser.add_argument("--commit", default=None, help="the commit the runs ran (default: HEAD)")
     args = parser.parse_args()
-    commit = subprocess.run(
+    commit = args.commit or subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
     ).stdout.strip()
     runs = [summarise(run) for run in sorted(args.root.glob("*/seed*")) if run.is_dir()]

@@ -163,7 +163,11 @@ def bootstrap(
             and _weight_settings(packaged_settings(packaged)) == _weight_settings(_settings(cfg))
         ):
             install_packaged(packaged, building)
-            console.print(f"installed the packaged default policy into {target}", highlight=False)
+            console.print(
+                f"installed the packaged default policy into {target}",
+                highlight=False,
+                soft_wrap=True,
+            )
         else:
             build_tiny_policy(building, cfg, console)
     return target
