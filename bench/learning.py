@@ -61,9 +61,12 @@ def main() -> None:
     parser.add_argument("--label", default=None, help="a name for this experiment, stored as-is")
     parser.add_argument("--commit", default=None, help="the commit the runs ran (default: HEAD)")
     args = parser.parse_args()
-    commit = args.commit or subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
-    ).stdout.strip()
+    commit = (
+        args.commit
+        or subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+        ).stdout.strip()
+    )
     runs = [summarise(run) for run in sorted(args.root.glob("*/seed*")) if run.is_dir()]
     reference = [r["em_after"] for r in runs if r["preset"] == args.reference]
     target = statistics.mean(reference) if reference else None

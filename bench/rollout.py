@@ -21,6 +21,7 @@ each depth ≥ 2.
 Engine throughput and prefix-cache savings are measured by bench/engine.py.
 
 Usage: python bench/rollout.py [--model tiny|smollm2-135m|DIR] [--prompts 4] [--seed 0]
+[--min-entropy 0.01]
 """
 
 from __future__ import annotations
@@ -75,6 +76,12 @@ def main() -> None:
     parser.add_argument("--max-turn-tokens", type=int, default=96)
     parser.add_argument("--max-response-tokens", type=int, default=768)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument(
+        "--min-entropy",
+        type=float,
+        default=0.0,
+        help="entropy floor of the tree's expansion (rollout.expansion_min_entropy; 0: the paper)",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -95,7 +102,13 @@ def main() -> None:
         "chains22": RolloutConfig(mode="chain", n_rows=22, **budgets),
         "chains16": RolloutConfig(mode="chain", n_rows=16, **budgets),
         "tree": RolloutConfig(
-            mode="tree", n_rows=22, n_chains=10, expansion_rounds=2, expansion_k=6, **budgets
+            mode="tree",
+            n_rows=22,
+            n_chains=10,
+            expansion_rounds=2,
+            expansion_k=6,
+            expansion_min_entropy=args.min_entropy,
+            **budgets,
         ),
     }
     rollout(engine, codec, env, examples[:1], RolloutConfig(mode="chain", n_rows=2, **budgets))
@@ -112,6 +125,7 @@ def main() -> None:
             "model": str(args.model),
             "variant": name,
             "prompts": len(examples),
+            "min_entropy": args.min_entropy,
             "rows": int(metrics["rollout/rows"]),
             "generated_tokens": int(metrics["rollout/generated_tokens"]),
             "row_tokens": int(metrics["tree/row_tokens"]),

@@ -51,6 +51,17 @@ def test_scores_by_hand():
     assert scores == pytest.approx([-0.10, 0.90, 0.50, 0.90, 0.65])
 
 
+def test_entropy_floor_ranks_near_deterministic_turns_last():
+    """Floor 0.65: a (H 1.0), a1 (0.9) and b2 (0.7) reach it, b (0.6) does not; the root is a fresh
+    chain and always eligible. Eligible by score: a, a1, b2, root; then b."""
+    tree = scored_tree()
+    assert select_by_entropy(tree, 5, min_entropy=0.65) == [1, 4, 7, 0, 2]
+    assert select_by_entropy(tree, 5, min_entropy=0.0) == [1, 4, 7, 2, 0]
+    # a floor above every turn leaves the root first, then the usual order
+    assert select_by_entropy(tree, 3, min_entropy=5.0) == [0, 1, 4]
+    assert select_expansion_nodes(tree, 2, "entropy", min_entropy=0.95) == [1, 0]
+
+
 def test_top_k_without_replacement():
     tree = scored_tree()
     assert select_by_entropy(tree, 1) == [1]

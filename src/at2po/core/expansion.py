@@ -14,6 +14,12 @@ round. Picking a node means re-sampling that node's turn as a new sibling (the r
 The paper writes the penalty as α·|children(parent(n))|; the code (followed here) uses the sibling
 count |children(parent(n))| − 1, which ranks the candidates identically except against the root.
 
+Entropy floor (an option beyond the paper, off by default: ``min_entropy`` = 0). A turn the policy
+samples almost deterministically (H(n) < ``min_entropy``, e.g. a copied first search) comes back
+unchanged when re-sampled, so picking it spends a re-sample on a duplicate. With a floor, the
+ranking puts every candidate at or above it (and the root, a fresh chain) before every candidate
+below it, each group by H − α·b; picks fall below the floor only when too few candidates reach it.
+
 Random expansion (Tree-GRPO, arXiv 2509.21240; ``expansion_mode=random`` in the authors' code): K
 distinct candidates uniformly at random, or K draws with replacement when there are fewer than K.
 
@@ -52,11 +58,20 @@ def expansion_scores(
     return candidates, scores
 
 
-def select_by_entropy(tree: TurnTree, k: int, alpha: float = SIBLING_PENALTY) -> list[int]:
-    """Top ``k`` candidates by H − α·b, ties in breadth-first order, repeating when fewer than k."""
+def select_by_entropy(
+    tree: TurnTree, k: int, alpha: float = SIBLING_PENALTY, min_entropy: float = 0.0
+) -> list[int]:
+    """Top ``k`` candidates by H − α·b, ties in breadth-first order, repeating when fewer than k;
+    with ``min_entropy`` > 0, candidates below the floor rank after all others (module docstring).
+    """
     _check_k(k)
     candidates, scores = expansion_scores(tree, alpha)
-    ranked = [candidates[i] for i in sorted(range(len(candidates)), key=lambda i: -scores[i])]
+
+    def below_floor(node_id: int) -> bool:
+        return node_id != ROOT and tree.nodes[node_id].entropy < min_entropy
+
+    order = sorted(range(len(candidates)), key=lambda i: (below_floor(candidates[i]), -scores[i]))
+    ranked = [candidates[i] for i in order]
     return [ranked[i % len(ranked)] for i in range(k)]
 
 
@@ -75,13 +90,15 @@ def select_expansion_nodes(
     mode: str = "entropy",
     rng: random.Random | None = None,
     alpha: float = SIBLING_PENALTY,
+    min_entropy: float = 0.0,
 ) -> list[int]:
     """The ``k`` nodes whose turns one round re-samples (``mode`` in :data:`EXPANSION_MODES`).
 
-    ``rng`` is required for ``random`` mode; ``entropy`` mode is deterministic.
+    ``rng`` is required for ``random`` mode; ``entropy`` mode is deterministic. ``min_entropy``
+    is the entropy floor of ``entropy`` mode (module docstring).
     """
     if mode == "entropy":
-        return select_by_entropy(tree, k, alpha)
+        return select_by_entropy(tree, k, alpha, min_entropy)
     if mode == "random":
         if rng is None:
             raise ValueError("expansion mode 'random' needs a seeded random.Random (rng=...)")

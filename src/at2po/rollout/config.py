@@ -31,6 +31,8 @@ class RolloutConfig:
         expansion_k: K, turns re-sampled per tree per round (``tree``).
         expansion_mode: ``entropy`` (AT²PO) or ``random`` (Tree-GRPO).
         sibling_penalty: α in the expansion score H − α·b.
+        expansion_min_entropy: entropy floor of ``entropy`` expansion (beyond the paper; 0 = off):
+            turns with H below it are picked only when too few others remain.
         branch_beam: at most this many trajectories continue from one observation, the original
             included (``branching``; the AEPO scripts use 2).
         branch_probability: τ, the branching threshold (``branching``).
@@ -60,6 +62,7 @@ class RolloutConfig:
     expansion_k: int = 2
     expansion_mode: str = "entropy"
     sibling_penalty: float = SIBLING_PENALTY
+    expansion_min_entropy: float = 0.0
     branch_beam: int = 2
     branch_probability: float = 0.5
     branch_entropy_weight: float = 0.2
@@ -75,6 +78,10 @@ class RolloutConfig:
     def __post_init__(self) -> None:
         if self.mode not in ROLLOUT_MODES:
             raise ValueError(f"rollout mode {self.mode!r} is not one of {ROLLOUT_MODES}")
+        if self.expansion_min_entropy < 0:
+            raise ValueError(
+                f"expansion_min_entropy={self.expansion_min_entropy} must be >= 0 (0 turns it off)"
+            )
         if self.expansion_mode not in EXPANSION_MODES:
             raise ValueError(
                 f"expansion_mode {self.expansion_mode!r} is not one of {EXPANSION_MODES}"

@@ -100,6 +100,7 @@ def rollout(
                         cfg.expansion_mode,
                         pick_rng,
                         cfg.sibling_penalty,
+                        cfg.expansion_min_entropy,
                     )
                     picked.update((i, x) for x in picks if x != 0)
                     pending += [runner.resample(i, x, trees) for x in picks]

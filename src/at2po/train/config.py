@@ -223,6 +223,13 @@ class RolloutSection(Section):
     sibling_penalty: float = Field(
         _ROLLOUT.sibling_penalty, description="α in the expansion score."
     )
+    expansion_min_entropy: float = Field(
+        _ROLLOUT.expansion_min_entropy,
+        ge=0.0,
+        description="Entropy floor of entropy expansion, beyond the paper (0: off): turns the "
+        "policy samples with H below it (near-deterministic, re-sampled as duplicates) are picked "
+        "only when too few other candidates remain.",
+    )
     branch_beam: int = Field(
         _ROLLOUT.branch_beam, ge=1, description="Branching: trajectories per observation."
     )
