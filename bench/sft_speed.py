@@ -2,8 +2,8 @@
 
 Rows are random token ids shaped like the bootstrap's demonstrations (a shared instruction of
 ``--prefix`` tokens, then ``--length`` − ``--prefix`` tokens, half of them the policy's, half
-observations); the step is :func:`at2po.models.sft.batch_loss`, backward, clipping and AdamW, as
-in :func:`at2po.models.sft.train_sft`. Prints one JSON line with ``seconds_per_step`` (median
+observations); the step is :func:`at2po.models.sft.sft_step`, the one
+:func:`at2po.models.sft.train_sft` runs. Prints one JSON line with ``seconds_per_step`` (median
 of the timed steps after ``--warmup``) and ``tokens_per_s``; ``--budget-s`` adds ``steps_in_budget``
 (how many steps fit in that many seconds, rounded down to a multiple of 500).
 
@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from at2po.models.sft import SFTConfig, batch_loss, use_bf16
+from at2po.models.sft import SFTConfig, sft_step, use_bf16
 from at2po.models.sft_data import SFTExample, collate
 from at2po.models.tiny import TinyModelConfig, build_tiny_model, tiny_llama_config
 
@@ -63,12 +63,7 @@ def main() -> None:
     for step in range(args.warmup + args.steps):
         clock = time.perf_counter()
         batch = collate(rows, pad_id=0).to(device)
-        with autocast:
-            loss = batch_loss(model, batch, cfg.observation_weight)
-        optimizer.zero_grad(set_to_none=True)
-        loss.total.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
+        sft_step(model, batch, optimizer, cfg, autocast)
         if device.type == "cuda":
             torch.cuda.synchronize()
         if step >= args.warmup:

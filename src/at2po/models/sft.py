@@ -216,6 +216,24 @@ def lr_at(step: int, cfg: SFTConfig) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * cosine)
 
 
+def sft_step(
+    model: torch.nn.Module,
+    batch: Batch,
+    optimizer: torch.optim.Optimizer,
+    cfg: SFTConfig,
+    autocast: torch.autocast,
+) -> SFTLoss:
+    """One optimizer step on ``batch``: the loss under ``autocast``, backward, gradient clipping
+    at ``cfg.grad_clip``, AdamW; returns the loss (its graph is freed by the backward)."""
+    with autocast:
+        loss = batch_loss(model, batch, cfg.observation_weight)
+    optimizer.zero_grad(set_to_none=True)
+    loss.total.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    optimizer.step()
+    return loss
+
+
 def train_sft(
     model: torch.nn.Module,
     rows: Sequence[SFTExample],
@@ -260,12 +278,7 @@ def train_sft(
             batch = batch.to(device)
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, cfg)
-            with autocast:
-                loss = batch_loss(model, batch, cfg.observation_weight)
-            optimizer.zero_grad(set_to_none=True)
-            loss.total.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
+            loss = sft_step(model, batch, optimizer, cfg, autocast)
             policy_nll_S[step] = loss.policy_nll.detach()
             if (step + 1) % report_every == 0 or step + 1 == cfg.steps:
                 elapsed = time.perf_counter() - start
