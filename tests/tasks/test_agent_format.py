@@ -1,5 +1,7 @@
 """The agent format: prompt messages, the turn parser, the response grammar, answer extraction."""
 
+import signal
+
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
@@ -9,12 +11,14 @@ from at2po.tasks.agent_format import (
     PROBLEMS,
     STOP_STRINGS,
     Action,
+    FormatCheck,
     build_prompt_messages,
     check_response,
     count_tool_calls,
     extract_final_answer,
     format_observation,
     parse_action,
+    read_response,
     unwrap_boxed,
 )
 
@@ -254,3 +258,127 @@ def test_turn_verdicts_agree_with_the_response_grammar(turns):
         assert extract_final_answer(response) == actions[-1].content
     if any(a.kind == "invalid" for a in actions):
         assert not valid
+
+
+# Passages may quote any tag except </result> (format_observation escapes that one).
+QUOTING_OBS = format_observation("Doc 1: the tag <think> opens <answer>no</answer> <search>")
+
+
+@pytest.mark.parametrize(
+    ("text", "tool_calls"),
+    [
+        # text between </search> and the observation: the grammar allows free text there
+        (f"<search>q</search> (waiting){OBS}<answer>x</answer>", 1),
+        # a passage quoting <think>, and a later </think> of the agent: no block spans them
+        (
+            f"<search>a</search>{QUOTING_OBS}<search>b</search>{OBS}"
+            "<think>done</think><answer>x</answer>",
+            2,
+        ),
+    ],
+)
+def test_count_tool_calls_agrees_with_the_grammar(text, tool_calls):
+    assert check_response(text).problem is None
+    assert check_response(text).tool_calls == tool_calls
+    assert count_tool_calls(text) == tool_calls
+
+
+def test_lenient_readings_go_on_past_a_format_problem():
+    # turn 1 leaves <think> open (the env answers with an error observation), turn 2 searches,
+    # turn 3 answers: the grammar stops at the observation, the lenient readings do not
+    text = f"<think>hmm{OBS}<search>q</search>{OBS}<answer>Porto</answer>"
+    check = check_response(text)
+    assert (check.problem, check.tool_calls, check.answer) == ("result_in_think", 0, None)
+    assert count_tool_calls(text) == 1
+    assert extract_final_answer(text) == "Porto"
+
+
+def test_read_response_gives_all_three_readings():
+    text = f"<search>q</search>{OBS}<answer>\\boxed{{Porto}}</answer>"
+    reading = read_response(text)
+    assert reading.check == check_response(text) == FormatCheck(None, 1, 0, "Porto")
+    assert (reading.final_answer, reading.tool_calls) == ("Porto", 1)
+
+
+PASSAGE = st.lists(FRAGMENTS, max_size=6).map("".join)
+FREE_TEXT = st.text("ab ?\n", max_size=4)
+
+
+@st.composite
+def well_formed_responses(draw):
+    """A valid response with a known number of searches: searches with free text and closed
+    thinking around them, passages quoting tags, then one answer."""
+    searches = draw(st.integers(0, 4))
+    parts = []
+    for _ in range(searches):
+        parts += [
+            draw(FREE_TEXT),
+            draw(st.sampled_from(["", "<think>why <answer> x</think>"])),
+            "<search>Porto</search>",
+            draw(FREE_TEXT),
+            format_observation(draw(PASSAGE)),
+        ]
+    parts += [draw(st.sampled_from(["", "<think>so</think>"])), "<answer>Porto</answer>"]
+    return searches, "".join(parts) + draw(FREE_TEXT)
+
+
+@settings(max_examples=300, deadline=None)
+@given(case=well_formed_responses())
+def test_count_tool_calls_counts_the_searches_of_a_valid_response(case):
+    searches, text = case
+    check = check_response(text)
+    assert (check.problem, check.tool_calls, check.answer) == (None, searches, "Porto")
+    assert count_tool_calls(text) == searches
+    assert extract_final_answer(text) == "Porto"
+
+
+@settings(max_examples=400, deadline=None)
+@given(text=st.lists(st.one_of(FRAGMENTS, st.just(OBS)), max_size=12).map("".join))
+def test_lenient_readings_agree_with_the_grammar_on_tag_soup(text):
+    """Up to the grammar's first problem both read the same; after it only the lenient count
+    goes on, so it is never smaller, and equal (as is the answer) when there is no problem."""
+    check = check_response(text)
+    assert count_tool_calls(text) >= check.tool_calls
+    if check.problem is None:
+        assert count_tool_calls(text) == check.tool_calls
+        assert extract_final_answer(text) == check.answer
+
+
+class _Deadline(Exception):
+    pass
+
+
+def _raise_deadline(signum, frame):
+    raise _Deadline
+
+
+MIB = 1 << 20
+ADVERSARIAL = {
+    "think": "<think>" * (MIB // 7),
+    "answer": "<answer>" * (MIB // 8),
+    "search": "<search>" * (MIB // 8),
+    "result": "<result>" * (MIB // 8),
+    "slash": "</" * (MIB // 2),
+    "mixed": "<think><answer><search><result></think>x</answer></search>" * (MIB // 58),
+    "closed_answers": "<answer>a</answer>" * (MIB // 18),
+    "unknown_close": "</a> " * (MIB // 5),
+}
+
+
+@pytest.mark.parametrize("text", ADVERSARIAL.values(), ids=ADVERSARIAL)
+@pytest.mark.parametrize(
+    "parser", [parse_action, check_response, extract_final_answer, count_tool_calls]
+)
+def test_every_parser_reads_a_mebibyte_of_adversarial_tags(parser, text):
+    """A guard, not a timing: the old backtracking regexes took minutes on a mebibyte of
+    ``<think>`` (12.6 s on 109 KiB); the linear scan takes well under a second. 60 s is far
+    above either machine noise or a linear parser, and far below a quadratic one."""
+    previous = signal.signal(signal.SIGALRM, _raise_deadline)
+    signal.alarm(60)
+    try:
+        parser(text)
+    except _Deadline:
+        pytest.fail(f"{parser.__name__} did not finish a {len(text)}-character text in 60 s")
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)

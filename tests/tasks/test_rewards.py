@@ -104,6 +104,18 @@ def test_scores_hold_the_named_sub_scores():
     assert (no_answer["answered"], no_answer["format_ok"], no_answer["tool_calls"]) == (0, 0, 1)
 
 
+def test_scores_count_searches_whose_passage_quotes_think():
+    # the first passage quotes <think>; the agent later closes its own thinking: two searches,
+    # valid format (the old regexes counted one, a <think>…</think> spanning both turns)
+    quoting = format_observation("Doc 1: the <think> tag")
+    response = (
+        f"<search>a</search>{quoting}<search>b</search>{format_observation('Doc 1: Porto')}"
+        "<think>found</think><answer>Porto</answer>"
+    )
+    scores = score_response(response, ["Porto"]).scores
+    assert (scores["tool_calls"], scores["format_ok"], scores["em"]) == (2.0, 1.0, 1.0)
+
+
 def test_require_think():
     assert format_valid(GOOD_WRONG)
     assert not format_valid(GOOD_WRONG, require_think=True)

@@ -12,11 +12,16 @@ matched), ``<result>…</result>`` (written only by the environment). Generation
 :data:`STOP_STRINGS`, so a turn ends with ``</search>``, ``</answer>``, EOS or the token budget.
 
 One state machine (:func:`_scan`) reads both a single turn (:func:`parse_action`) and a whole
-response (:func:`check_response`). Inside ``<think>`` every tag is ignored except ``</think>``
-and ``<result>``/``</result>`` (an error); inside ``<result>`` every tag is ignored; free text may
-hold any other text, including tags we do not know. Because both readers are the same machine, a
-response made of turns that :func:`parse_action` accepted, ending in an answer, always passes
-:func:`check_response`, and a response holding any rejected turn always fails it.
+response (:func:`check_response`, and the lenient :func:`extract_final_answer` and
+:func:`count_tool_calls`, which read on past format problems). It finds the tags with one regex
+that never backtracks and reads each tag once, so every parser here runs in time linear in the
+length of its text, however the tags are nested or left open.
+
+Inside ``<think>`` every tag is ignored except ``</think>`` and ``<result>``/``</result>`` (an
+error); inside ``<result>`` every tag is ignored; free text may hold any other text, including
+tags we do not know. Because both readers are the same machine, a response made of turns that
+:func:`parse_action` accepted, ending in an answer, always passes :func:`check_response`, and a
+response holding any rejected turn always fails it.
 
 Only the turn text is parsed, never the prompt: the authors' code searched prompt+response for the
 last ``<search>`` and could pick up the prompt's example (reference spec §6 item 15).
@@ -32,11 +37,7 @@ STOP_STRINGS: tuple[str, ...] = ("</search>", "</answer>")
 
 _TAG = re.compile(r"<(/?)(think|search|answer|result)>")
 _TRAILING_UNKNOWN_BLOCK = re.compile(r"</([A-Za-z][\w.-]*)>\s*\Z")
-_THINK_BLOCK = re.compile(r"<think>.*?</think>", re.DOTALL)
-_RESULT_BLOCK = re.compile(r"<result>.*?</result>", re.DOTALL)
-_ANSWER_BLOCK = re.compile(r"<answer>((?:(?!<answer>).)*?)</answer>", re.DOTALL)
 _KNOWN_TAGS = frozenset({"think", "search", "answer", "result"})
-_SEARCH_THEN_RESULT = re.compile(r"</search>\s*<result>")
 _BOXED = "\\boxed{"
 
 INSTRUCTION = """\
@@ -122,6 +123,20 @@ class FormatCheck:
     tool_calls: int
     think_blocks: int
     answer: str | None
+
+
+@dataclass(frozen=True)
+class ResponseReading:
+    """Everything one pass of the grammar reads from a response (see :func:`read_response`).
+
+    ``check`` is the format verdict (:func:`check_response`); ``final_answer`` and
+    ``tool_calls`` are read leniently, past any format problem (:func:`extract_final_answer`,
+    :func:`count_tool_calls`).
+    """
+
+    check: FormatCheck
+    final_answer: str | None
+    tool_calls: int
 
 
 def build_prompt_messages(
@@ -216,37 +231,49 @@ def check_response(response_text: str) -> FormatCheck:
     ``<result>`` after ``</search>``), ``result_in_think``, ``tags_after_answer``,
     ``unclosed_result``.
     """
+    return read_response(response_text).check
+
+
+def extract_final_answer(response_text: str) -> str | None:
+    """The final answer of a response, leniently: the last ``<answer>…</answer>`` block the
+    grammar reads when it reads on past every mistake (so never one inside ``<think>`` or
+    ``<result>``), ``\\boxed{…}`` unwrapped, stripped; None if absent or empty. On a response
+    that passes :func:`check_response` it equals that check's answer.
+    """
+    return read_response(response_text).final_answer
+
+
+def count_tool_calls(response_text: str) -> int:
+    """How many ``<search>…</search>`` are answered by a ``<result>…</result>``, as the grammar
+    reads them when it reads on past every mistake (so never inside ``<think>`` or ``<result>``).
+
+    On a response that passes :func:`check_response` it equals that check's ``tool_calls``; on
+    any response it is at least that (the check stops counting at the first problem).
+    """
+    return read_response(response_text).tool_calls
+
+
+def read_response(response_text: str) -> ResponseReading:
+    """One pass of the grammar over a response: the format verdict and the lenient readings.
+
+    :func:`check_response`, :func:`extract_final_answer` and :func:`count_tool_calls` each give
+    one field of this; call it directly to get all three from a single scan.
+    """
     scan = _scan(response_text, single_turn=False)
     problem = scan.problem
     if problem is None and scan.state != _AFTER_ANSWER:
         problem = _UNFINISHED_RESPONSE[scan.state]
     answer = scan.content if scan.state == _AFTER_ANSWER and problem is None else None
-    return FormatCheck(problem, scan.tool_calls, scan.think_blocks, answer)
-
-
-def extract_final_answer(response_text: str) -> str | None:
-    """The final answer of a response, leniently: the last ``<answer>…</answer>`` outside
-    ``<result>`` and ``<think>`` blocks, ``\\boxed{…}`` unwrapped, stripped; None if absent or
-    empty. On a response that passes :func:`check_response` it equals that check's answer.
-    """
-    visible = _THINK_BLOCK.sub(" ", _RESULT_BLOCK.sub(" ", response_text))
-    blocks = _ANSWER_BLOCK.findall(visible)
-    if not blocks:
-        return None
-    return _answer_text(blocks[-1]) or None
-
-
-def count_tool_calls(response_text: str) -> int:
-    """How many ``</search>`` are followed by ``<result>`` in a response, outside thinking."""
-    return len(_SEARCH_THEN_RESULT.findall(_THINK_BLOCK.sub(" ", response_text)))
+    check = FormatCheck(problem, scan.tool_calls, scan.think_blocks, answer)
+    return ResponseReading(check, scan.last_answer or None, scan.all_tool_calls)
 
 
 def _invalid(problem: str) -> Action:
     return Action("invalid", PROBLEMS[problem], problem)
 
 
-# States of the grammar.
-_FREE, _THINK, _SEARCH, _ANSWER, _AFTER_SEARCH, _RESULT, _AFTER_ANSWER = range(7)
+# States of the grammar. _UNASKED_RESULT: a <result> the grammar rejected, read past leniently.
+_FREE, _THINK, _SEARCH, _ANSWER, _AFTER_SEARCH, _RESULT, _AFTER_ANSWER, _UNASKED_RESULT = range(8)
 _STATE_TAG = {_THINK: "think", _SEARCH: "search", _ANSWER: "answer"}
 _UNFINISHED_RESPONSE = {
     _FREE: "no_answer",
@@ -256,70 +283,136 @@ _UNFINISHED_RESPONSE = {
     _AFTER_SEARCH: "search_without_result",
     _RESULT: "unclosed_result",
 }
+_OPENING_TAGS = ("<think>", "<search>", "<answer>")
 
 
 @dataclass(frozen=True)
 class _Scan:
+    """What :func:`_scan` read.
+
+    ``problem``, ``state``, ``content``, ``tool_calls`` and ``think_blocks`` are the grammar's
+    reading up to its first problem (or the end). ``all_tool_calls`` and ``last_answer`` are the
+    lenient reading of the whole text (responses only): searches answered by a result and the
+    content of the last closed answer block, reading on past every problem.
+    """
+
     problem: str | None
     state: int
     content: str
     tool_calls: int
     think_blocks: int
+    all_tool_calls: int
+    last_answer: str | None
+
+
+class _Grammar:
+    """The tag grammar as a state machine that reads one tag at a time."""
+
+    def __init__(self, text: str, *, single_turn: bool) -> None:
+        self.text, self.single_turn = text, single_turn
+        self.state, self.content_start, self.content = _FREE, 0, ""
+        self.tool_calls = self.think_blocks = 0
+        self.last_answer: str | None = None
+
+    def read(self, match: re.Match[str]) -> str | None:
+        """Move on by one tag; the problem code when the tag breaks the grammar, else None.
+
+        A tag that breaks the grammar leaves the state as it was.
+        """
+        tag, name = match.group(0), match.group(2)
+        state = self.state
+        if state in (_RESULT, _UNASKED_RESULT):
+            if tag == "</result>":
+                self.state, self.tool_calls = _FREE, self.tool_calls + (state == _RESULT)
+        elif state == _THINK:
+            if name == "result":
+                return "wrote_result" if self.single_turn else "result_in_think"
+            if tag == "</think>":
+                self.state, self.think_blocks = _FREE, self.think_blocks + 1
+        elif state in (_SEARCH, _ANSWER):
+            return self._read_in_action(match)
+        elif state == _AFTER_SEARCH and not self.single_turn:
+            if tag != "<result>":
+                return "search_without_result"
+            self.state = _RESULT
+        elif state in (_AFTER_SEARCH, _AFTER_ANSWER):
+            return self._tag_after_action(tag, name)
+        else:
+            return self._read_free(match)
+        return None
+
+    def verdict(self, problem: str | None) -> tuple[str | None, int, str, int, int]:
+        """The grammar's reading now, ending in ``problem``: the first five fields of _Scan."""
+        return problem, self.state, self.content, self.tool_calls, self.think_blocks
+
+    def resume_at(self, match: re.Match[str]) -> None:
+        """Read on past a problem at this tag as if a new turn began there: an opening tag
+        opens its block, a ``<result>`` is skipped to its ``</result>``, any other tag is text.
+        """
+        self.state = _FREE
+        if match.group(0) == "<result>":
+            self.state = _UNASKED_RESULT
+        elif match.group(0) in _OPENING_TAGS:
+            self.read(match)
+
+    def _read_in_action(self, match: re.Match[str]) -> str | None:
+        tag, action = match.group(0), _STATE_TAG[self.state]
+        if tag == f"<{action}>":
+            self.content_start = match.end()
+            return None
+        if tag != f"</{action}>":
+            return f"unclosed_{action}"
+        raw = self.text[self.content_start : match.start()]
+        self.content = raw.strip() if action == "search" else _answer_text(raw)
+        if action == "answer":
+            self.last_answer = self.content
+        if not self.content:
+            return f"empty_{'query' if action == 'search' else 'answer'}"
+        self.state = _AFTER_SEARCH if action == "search" else _AFTER_ANSWER
+        return None
+
+    def _tag_after_action(self, tag: str, name: str) -> str:
+        if not self.single_turn:
+            return "tags_after_answer"
+        if tag in ("<search>", "<answer>"):
+            return "multiple_actions"
+        return "wrote_result" if name == "result" else "tags_after_action"
+
+    def _read_free(self, match: re.Match[str]) -> str | None:
+        tag, name = match.group(0), match.group(2)
+        if tag == "<think>":
+            self.state = _THINK
+        elif tag in ("<search>", "<answer>"):
+            self.state = _SEARCH if name == "search" else _ANSWER
+            self.content_start = match.end()
+        elif name == "result":
+            return "wrote_result" if self.single_turn else "result_without_search"
+        elif tag == "</think>":
+            return "unbalanced_think"
+        else:
+            return f"unopened_{name}"
+        return None
 
 
 def _scan(text: str, *, single_turn: bool) -> _Scan:
-    """Run the tag grammar over ``text`` and stop at the first problem.
+    """Run the tag grammar over ``text`` once, in time linear in its length.
 
-    ``single_turn=True`` reads one agent turn: after the action, any tag is a problem and
-    ``<result>`` anywhere is ``wrote_result``. ``single_turn=False`` reads a response: a
-    ``</search>`` must be followed by ``<result>…</result>`` before the next tag.
+    Every parser of this module reads its text through here: the tags are found by one regex
+    without backtracking (:data:`_TAG`) and read left to right by :class:`_Grammar`.
+    ``single_turn=True`` reads one agent turn and stops at the first problem: after the action,
+    any tag is a problem and ``<result>`` anywhere is ``wrote_result``. ``single_turn=False``
+    reads a response: a ``</search>`` must be followed by ``<result>…</result>`` before the next
+    tag; the grammar's reading stops at the first problem, and the lenient reading goes on (see
+    :meth:`_Grammar.resume_at`).
     """
-    state, content_start, content = _FREE, 0, ""
-    tool_calls = think_blocks = 0
-
-    def stop(problem: str) -> _Scan:
-        return _Scan(problem, state, content, tool_calls, think_blocks)
-
+    grammar = _Grammar(text, single_turn=single_turn)
+    verdict: tuple[str | None, int, str, int, int] | None = None
     for match in _TAG.finditer(text):
-        tag, name = match.group(0), match.group(2)
-        if state == _RESULT:
-            if tag == "</result>":
-                state, tool_calls = _FREE, tool_calls + 1
-        elif state == _THINK:
-            if name == "result":
-                return stop("wrote_result" if single_turn else "result_in_think")
-            if tag == "</think>":
-                state, think_blocks = _FREE, think_blocks + 1
-        elif state in (_SEARCH, _ANSWER):
-            open_tag = f"<{_STATE_TAG[state]}>"
-            if tag == open_tag:
-                content_start = match.end()
-            elif tag == f"</{_STATE_TAG[state]}>":
-                raw = text[content_start : match.start()]
-                content = raw.strip() if state == _SEARCH else _answer_text(raw)
-                if not content:
-                    return stop("empty_query" if state == _SEARCH else "empty_answer")
-                state = _AFTER_SEARCH if state == _SEARCH else _AFTER_ANSWER
-            else:
-                return stop(f"unclosed_{_STATE_TAG[state]}")
-        elif state == _AFTER_SEARCH and not single_turn:
-            if tag != "<result>":
-                return stop("search_without_result")
-            state = _RESULT
-        elif state in (_AFTER_SEARCH, _AFTER_ANSWER):
-            if not single_turn:
-                return stop("tags_after_answer")
-            if tag in ("<search>", "<answer>"):
-                return stop("multiple_actions")
-            return stop("wrote_result" if name == "result" else "tags_after_action")
-        elif tag == "<think>":
-            state = _THINK
-        elif tag in ("<search>", "<answer>"):
-            state, content_start = (_SEARCH if name == "search" else _ANSWER), match.end()
-        elif name == "result":
-            return stop("wrote_result" if single_turn else "result_without_search")
-        elif tag == "</think>":
-            return stop("unbalanced_think")
-        else:
-            return stop(f"unopened_{name}")
-    return _Scan(None, state, content, tool_calls, think_blocks)
+        problem = grammar.read(match)
+        if problem is None:
+            continue
+        verdict = verdict or grammar.verdict(problem)
+        if single_turn:
+            break
+        grammar.resume_at(match)
+    return _Scan(*(verdict or grammar.verdict(None)), grammar.tool_calls, grammar.last_answer)

@@ -30,12 +30,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from at2po.tasks.agent_format import (
-    FormatCheck,
-    check_response,
-    count_tool_calls,
-    extract_final_answer,
-)
+from at2po.tasks.agent_format import FormatCheck, check_response, read_response
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = str.maketrans("", "", string.punctuation)
@@ -136,22 +131,26 @@ def score_response(
     """Score a finished response (agent turns and observations, without the prompt).
 
     Sub-scores: ``em``, ``f1``, ``format_ok``, ``answered`` (a non-empty final answer exists),
-    ``tool_calls`` (``</search>`` answered by ``<result>``, outside thinking). The answer is
-    :func:`at2po.tasks.agent_format.extract_final_answer` (lenient: found even when the format
-    is invalid, so ``em`` and ``f1`` do not depend on the format).
+    ``tool_calls`` (searches answered by a result, outside thinking). Everything comes from one
+    linear-time pass of the grammar (:func:`at2po.tasks.agent_format.read_response`); the answer
+    and the search count are read leniently (past any format problem, as
+    :func:`~at2po.tasks.agent_format.extract_final_answer` and
+    :func:`~at2po.tasks.agent_format.count_tool_calls` do), so ``em``, ``f1`` and ``tool_calls``
+    do not depend on the format.
     """
     if isinstance(golden_answers, str) or not golden_answers:
         raise ValueError("golden_answers must be a non-empty sequence of strings")
-    answer = extract_final_answer(response_text)
+    reading = read_response(response_text)
+    answer = reading.final_answer
     em = exact_match(answer, golden_answers) if answer is not None else 0.0
     f1 = token_f1(answer, golden_answers) if answer is not None else 0.0
-    ok = _format_ok(check_response(response_text), config.require_think)
+    ok = _format_ok(reading.check, config.require_think)
     reward = _SCHEMES[config.scheme](em, f1, ok, config.format_penalty)
     scores = {
         "em": em,
         "f1": f1,
         "format_ok": float(ok),
         "answered": float(answer is not None),
-        "tool_calls": float(count_tool_calls(response_text)),
+        "tool_calls": float(reading.tool_calls),
     }
     return RewardResult(reward=reward, scores=scores)
