@@ -9,7 +9,7 @@ import re
 import pytest
 
 from at2po.models.bootstrap import BOOTSTRAP_FILE, TINY_MODEL_NAME
-from at2po.models.registry import resolve_model
+from at2po.models.registry import REPLACE_HINT, repair_hint, resolve_model
 from at2po.models.smollm2 import (
     INSTALL_COMMAND,
     READER_PACKAGES,
@@ -96,3 +96,13 @@ def test_smollm2_preset_converts_once_and_answers(tmp_path):
     ids = ids["input_ids"] if hasattr(ids, "keys") else ids
     out = model.generate(ids, max_new_tokens=12, do_sample=False)
     assert "Paris" in tokenizer.decode(out[0, ids.shape[1] :])
+
+
+def test_repair_hints_name_the_fix_for_each_kind_of_model(tmp_path):
+    assert repair_hint("tiny") == "re-run `at2po bootstrap --force` to reinstall the tiny model"
+    assert repair_hint("tiny", tmp_path).startswith(
+        f"re-run `at2po bootstrap --force --cache-dir {tmp_path}`"
+    )
+    smollm2_dir = tmp_path / "models" / SMOLLM2_NAME
+    assert repair_hint("smollm2-135m", tmp_path).startswith(f"delete {smollm2_dir} and run again")
+    assert repair_hint(tmp_path / "mine") == REPLACE_HINT

@@ -13,9 +13,11 @@ from pathlib import Path
 
 from at2po.models.bootstrap import BOOTSTRAP_FILE, TINY_MODEL_NAME
 from at2po.models.paths import model_dir
-from at2po.models.smollm2 import smollm2_path
+from at2po.models.smollm2 import SMOLLM2_NAME, smollm2_path
 
 MODEL_NAMES = ("tiny", "smollm2-135m")
+REPLACE_HINT = "replace the directory with an intact copy (save_pretrained writes one)"
+"""The fix named for a damaged directory that is not a named model (e.g. a checkpoint)."""
 
 
 def resolve_model(name_or_path: str | Path, cache_dir: str | Path | None = None) -> Path:
@@ -49,3 +51,18 @@ def resolve_model(name_or_path: str | Path, cache_dir: str | Path | None = None)
             f"{', '.join(MODEL_NAMES)}"
         )
     return directory
+
+
+def repair_hint(name_or_path: str | Path, cache_dir: str | Path | None = None) -> str:
+    """What to do when the files of this model are damaged: rebuild a named model, or replace
+    a directory the user supplied."""
+    name = str(name_or_path)
+    if name == "tiny":
+        where = "" if cache_dir is None else f" --cache-dir {cache_dir}"
+        return f"re-run `at2po bootstrap --force{where}` to reinstall the tiny model"
+    if name == "smollm2-135m":
+        return (
+            f"delete {model_dir(SMOLLM2_NAME, cache_dir)} and run again: it is converted anew "
+            "from the installed wheel"
+        )
+    return REPLACE_HINT

@@ -6,28 +6,91 @@ trained, so the policy that generated the rows is the policy whose log-probs are
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from at2po.models.registry import resolve_model
+from at2po.models.registry import REPLACE_HINT, repair_hint, resolve_model
 from at2po.rollout.hf_engine import HFEngine
 from at2po.train.config import ConfigError, ModelConfig, RolloutSection
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+WEIGHTS_FILE = "model.safetensors"
+WEIGHTS_INDEX_FILE = "model.safetensors.index.json"
+TOKENIZER_FILE = "tokenizer.json"
 
 
 def model_directory(cfg: ModelConfig) -> Path:
-    """The Hugging Face directory of ``model.path``, or a ConfigError saying how to get one."""
+    """The Hugging Face directory of ``model.path``, checked by :func:`check_model_directory`,
+    or a ConfigError saying how to get or repair one."""
     try:
-        return resolve_model(cfg.path, cfg.cache_dir)
+        directory = resolve_model(cfg.path, cfg.cache_dir)
     except FileNotFoundError as error:
         raise ConfigError(
             f"model.path={cfg.path!r}: {error}\nRun `at2po bootstrap` to build the default tiny "
             "model, or pass model.path=DIR with a Hugging Face model directory."
         ) from None
+    check_model_directory(directory, repair_hint(cfg.path, cfg.cache_dir))
+    return directory
+
+
+def check_model_directory(directory: Path, fix: str = REPLACE_HINT) -> None:
+    """Refuse a damaged model directory before transformers reads it: a ConfigError naming the
+    file and ``fix`` when ``config.json``, the safetensors weights or ``tokenizer.json`` is
+    missing or unreadable (an empty or truncated ``model.safetensors`` included)."""
+    check_model_files(directory, fix)
+    check_tokenizer_file(directory, fix)
+
+
+def check_model_files(directory: Path, fix: str = REPLACE_HINT) -> None:
+    """``config.json`` is a JSON object and every safetensors weight file has a readable header
+    that accounts for the whole file; else a ConfigError naming the file and ``fix``."""
+    config = directory / "config.json"
+    if not isinstance(_read_json(config, fix), dict):
+        raise ConfigError(f"{config} is not a JSON object, so the model is damaged; {fix}")
+    for weights in _weight_files(directory, fix):
+        try:
+            with safe_open(weights, framework="pt") as reader:
+                reader.keys()
+        except (SafetensorError, OSError) as error:
+            raise ConfigError(
+                f"{weights} is damaged (empty or truncated: {error}); {fix}"
+            ) from None
+
+
+def check_tokenizer_file(directory: Path, fix: str = REPLACE_HINT) -> None:
+    """``tokenizer.json`` (the fast tokenizer every at2po model carries) exists and is JSON; else
+    a ConfigError naming it and ``fix``."""
+    _read_json(directory / TOKENIZER_FILE, fix)
+
+
+def _weight_files(directory: Path, fix: str) -> list[Path]:
+    """The safetensors files of the model: ``model.safetensors``, or the shards its index lists;
+    none for a directory with only ``pytorch_model.bin`` (transformers reads that itself)."""
+    single, index = directory / WEIGHTS_FILE, directory / WEIGHTS_INDEX_FILE
+    if single.exists():
+        return [single]
+    if index.exists():
+        listing = _read_json(index, fix)
+        shards = listing.get("weight_map", {}) if isinstance(listing, dict) else {}
+        return [directory / name for name in sorted(set(shards.values()))]
+    if (directory / "pytorch_model.bin").exists():
+        return []
+    raise ConfigError(f"{single} is missing, so the model has no weights; {fix}")
+
+
+def _read_json(path: Path, fix: str) -> Any:
+    """The JSON in ``path``, or a ConfigError naming the file and ``fix``."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path} is missing; {fix}") from None
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"{path} is damaged (not readable JSON: {error}); {fix}") from None
 
 
 def set_threads(cfg: ModelConfig) -> None:
@@ -54,6 +117,9 @@ def device_and_dtype(cfg: ModelConfig) -> tuple[torch.device, torch.dtype]:
 
 
 def load_tokenizer(directory: Path) -> Any:
+    """The tokenizer in ``directory`` (checked first: a ConfigError when ``tokenizer.json`` is
+    missing or damaged), which must have a chat template."""
+    check_tokenizer_file(directory)
     tokenizer = AutoTokenizer.from_pretrained(directory)
     if getattr(tokenizer, "chat_template", None) is None:
         raise ConfigError(
@@ -65,7 +131,8 @@ def load_tokenizer(directory: Path) -> Any:
 
 def load_model(directory: Path, cfg: ModelConfig, trainable: bool = True) -> torch.nn.Module:
     """The causal LM in ``directory`` on ``model.device`` in ``model.dtype``, in eval mode; frozen
-    unless ``trainable``."""
+    unless ``trainable``. Damaged files are a ConfigError (:func:`check_model_files`)."""
+    check_model_files(directory)
     device, dtype = device_and_dtype(cfg)
     model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype).to(device).eval()
     model.requires_grad_(trainable)

@@ -56,6 +56,10 @@ def _read_chain(path: Path, seen: list[Path]) -> dict[str, Any]:
         raise ValueError(f"config files extend each other in a loop: {chain}")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as error:
+        raise ValueError(
+            f"{path} is not UTF-8 text (byte {error.start} cannot be decoded); re-save it as UTF-8"
+        ) from None
     except yaml.YAMLError as error:
         raise ValueError(f"{path} is not valid YAML: {error}") from None
     if not isinstance(data, dict):
