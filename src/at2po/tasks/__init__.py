@@ -10,11 +10,14 @@ synthetic worlds in :mod:`at2po.tasks.worlds`.
 from at2po.tasks.agent_format import (
     STOP_STRINGS,
     Action,
+    ResponseReading,
     build_prompt_messages,
     check_response,
+    count_tool_calls,
     extract_final_answer,
     format_observation,
     parse_action,
+    read_response,
 )
 from at2po.tasks.datasets import DatasetError, QAExample, load_questions
 from at2po.tasks.rewards import (
@@ -37,6 +40,7 @@ __all__ = [
     "DatasetError",
     "EnvState",
     "QAExample",
+    "ResponseReading",
     "RewardConfig",
     "RewardResult",
     "SearchEnvConfig",
@@ -47,6 +51,7 @@ __all__ = [
     "Turn",
     "build_prompt_messages",
     "check_response",
+    "count_tool_calls",
     "exact_match",
     "extract_final_answer",
     "format_observation",
@@ -54,6 +59,7 @@ __all__ = [
     "load_questions",
     "normalize_answer",
     "parse_action",
+    "read_response",
     "score_response",
     "token_f1",
 ]

@@ -15,7 +15,9 @@ One state machine (:func:`_scan`) reads both a single turn (:func:`parse_action`
 response (:func:`check_response`, and the lenient :func:`extract_final_answer` and
 :func:`count_tool_calls`, which read on past format problems). It finds the tags with one regex
 that never backtracks and reads each tag once, so every parser here runs in time linear in the
-length of its text, however the tags are nested or left open.
+length of its text, however the tags are nested or left open (:func:`parse_action` also matches
+the turn's trailing closing tag, for its unknown-tool message: linear too). Tested on a mebibyte
+of adversarial tags per parser, and timed at n and 10·n by ``bench/parsers.py``.
 
 Inside ``<think>`` every tag is ignored except ``</think>`` and ``<result>``/``</result>`` (an
 error); inside ``<result>`` every tag is ignored; free text may hold any other text, including
@@ -397,8 +399,8 @@ class _Grammar:
 def _scan(text: str, *, single_turn: bool) -> _Scan:
     """Run the tag grammar over ``text`` once, in time linear in its length.
 
-    Every parser of this module reads its text through here: the tags are found by one regex
-    without backtracking (:data:`_TAG`) and read left to right by :class:`_Grammar`.
+    Every parser of this module reads its tags through here: they are found by one regex
+    without backtracking (``_TAG``) and read left to right by :class:`_Grammar`.
     ``single_turn=True`` reads one agent turn and stops at the first problem: after the action,
     any tag is a problem and ``<result>`` anywhere is ``wrote_result``. ``single_turn=False``
     reads a response: a ``</search>`` must be followed by ``<result>…</result>`` before the next
