@@ -17,6 +17,7 @@ from at2po.models.smollm2 import (
     SOURCE_FILE,
     smollm2_gguf,
 )
+from at2po.train.policy import check_model_directory
 
 
 def test_tiny_missing_says_to_bootstrap(tmp_path):
@@ -88,6 +89,7 @@ def test_smollm2_preset_converts_once_and_answers(tmp_path):
     written = (directory / SOURCE_FILE).stat().st_mtime_ns
     assert resolve_model("smollm2-135m", cache_dir=tmp_path) == directory
     assert (directory / SOURCE_FILE).stat().st_mtime_ns == written  # cached: not converted again
+    check_model_directory(directory)  # the converted files pass the damaged-file checks
     tokenizer = AutoTokenizer.from_pretrained(directory)
     model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
     assert tokenizer.eos_token == "<|im_end|>" and tokenizer.chat_template
