@@ -107,3 +107,11 @@ def test_run_dir_writes_the_record_as_json(tokenizer, tmp_path: Path):
     record = json.loads(path.read_text(encoding="utf-8"))
     assert TurnTree.from_dict(record["groups"][0]["tree"]).nodes[1].picks == [0.95]
     assert record["groups"][0]["turns"][2]["act"] == ANSWER
+
+
+def test_log_probs_are_kept_to_four_decimals(tokenizer):
+    group = _group(tokenizer)
+    group.tree.nodes[2].act_logprobs[0] = -0.123456789
+    record = tree_record(1, [group], tokenizer, _config("tree"))
+    assert record["groups"][0]["tree"]["nodes"][2]["act_logprobs"][0] == -0.1235
+    assert group.tree.nodes[2].act_logprobs[0] == -0.123456789

@@ -10,6 +10,7 @@ The page needs no network and no model: it opens from ``file://``. See docs/view
 from __future__ import annotations
 
 import argparse
+import contextlib
 from pathlib import Path
 
 
@@ -64,11 +65,9 @@ def serve(report: Path, port: int) -> None:
     try:
         server, url = report_server(report, port)
     except OSError as error:
-        raise SystemExit(f"at2po view: cannot serve on 127.0.0.1:{port} ({error}); "
-                         "pick another --port") from None
+        raise SystemExit(
+            f"at2po view: cannot serve on 127.0.0.1:{port} ({error}); pick another --port"
+        ) from None
     print(f"serving {url} (Ctrl-C to stop)", flush=True)
-    with server:
-        try:
-            server.serve_forever()
-        except KeyboardInterrupt:
-            pass
+    with server, contextlib.suppress(KeyboardInterrupt):
+        server.serve_forever()

@@ -55,7 +55,7 @@ class RunDir:
     def write_trees(
         self, step: int, groups: Sequence[PromptGroup], tokenizer: Any, cfg: TrainConfig
     ) -> Path:
-        """The step's trees as JSON with decoded turns and credit (:mod:`at2po.train.tree_record`)."""
+        """The step's trees as JSON, turns decoded (:mod:`at2po.train.tree_record`)."""
         self.trees.mkdir(parents=True, exist_ok=True)
         path = self.trees / f"step_{step:06d}.json"
         record = tree_record(step, groups, tokenizer, cfg)

@@ -5,7 +5,7 @@ One record per step (``<run>/trees/step_NNNNNN.json``)::
     {"step": 10, "sibling_penalty": 0.05, "estimator": "tree",
      "groups": [{"example": {"id", "question", "golden_answers"},
                  "row_leaves": [leaf id of each training row],
-                 "tree": TurnTree.to_dict(),
+                 "tree": TurnTree.to_dict(), log-probs rounded to DIGITS decimals,
                  "turns": [one entry per node, indexed by node id]}]}
 
 Each entry of ``turns`` holds what the tree's token ids cannot show without the tokenizer and
@@ -39,7 +39,7 @@ from at2po.train.config import CreditConfig, TrainConfig
 from at2po.train.credit import assign_credit
 
 DIGITS = 4
-"""Decimals kept for values, advantages and scores (the files stay small)."""
+"""Decimals kept for log-probs, values, advantages and scores (the files stay small)."""
 
 
 def tree_record(
@@ -60,12 +60,20 @@ def tree_record(
                     "golden_answers": list(g.example.golden_answers),
                 },
                 "row_leaves": list(g.row_leaves),
-                "tree": g.tree.to_dict(),
+                "tree": rounded_tree(g.tree),
                 "turns": turn_entries(g.tree, tokenizer, alpha, value, advantage),
             }
             for g, value, advantage in zip(groups, values, advantages, strict=True)
         ],
     }
+
+
+def rounded_tree(tree: TurnTree) -> dict[str, Any]:
+    """:meth:`TurnTree.to_dict` with the log-probs rounded to :data:`DIGITS` decimals."""
+    data = tree.to_dict()
+    for node in data["nodes"]:
+        node["act_logprobs"] = [round(x, DIGITS) for x in node["act_logprobs"]]
+    return data
 
 
 def turn_entries(

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from at2po.train.run_dir import RunDir, read_metrics
+from at2po.train.run_dir import RunDir
 
 
 class ViewError(ValueError):
@@ -34,9 +34,8 @@ def find_runs(directories: Sequence[Path]) -> list[tuple[str, Path]]:
         if RunDir(directory).metrics.is_file():
             runs.append((directory.name or str(directory), directory))
             continue
-        below = sorted(
-            {p.parent for pattern in ("*/metrics.jsonl", "*/*/metrics.jsonl") for p in directory.glob(pattern)}
-        )
+        patterns = ("*/metrics.jsonl", "*/*/metrics.jsonl")
+        below = sorted({p.parent for pattern in patterns for p in directory.glob(pattern)})
         if not below:
             raise ViewError(
                 f"{directory} holds no run (no metrics.jsonl in it or below it); give a run "
@@ -47,13 +46,17 @@ def find_runs(directories: Sequence[Path]) -> list[tuple[str, Path]]:
 
 
 def load_metrics(path: Path) -> list[dict[str, float]]:
-    """The numeric fields of each record of a ``metrics.jsonl`` (non-finite values dropped)."""
-    try:
-        records = read_metrics(path)
-    except json.JSONDecodeError as error:
-        raise ViewError(
-            f"{path}: line {error.lineno} is not JSON ({error.msg}); remove or repair that line"
-        ) from None
+    """The numeric fields of each record of a ``metrics.jsonl`` (non-finite values dropped);
+    a line that is not JSON is an error naming the file and the line."""
+    records = []
+    lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
+    for number, line in enumerate(lines, start=1):
+        try:
+            records += [json.loads(line)] if line.strip() else []
+        except json.JSONDecodeError as error:
+            raise ViewError(
+                f"{path}: line {number} is not JSON ({error.msg}); remove or repair that line"
+            ) from None
     return [
         {
             key: value
@@ -74,11 +77,10 @@ def load_tree_record(path: Path) -> dict[str, Any]:
     """One ``trees/step_*.json`` record; a damaged file is an error naming it."""
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
-        record["groups"]  # noqa: B018 - the one key every record has
-    except (json.JSONDecodeError, KeyError, TypeError) as error:
-        raise ViewError(
-            f"{path} is not a tree record ({error}); delete it or rerun the step"
-        ) from None
+    except json.JSONDecodeError as error:
+        raise ViewError(f"{path} is not JSON ({error}); delete it or rerun the step") from None
+    if not isinstance(record, dict) or not isinstance(record.get("groups"), list):
+        raise ViewError(f"{path} is not a tree record (no 'groups' list); delete it")
     return record
 
 

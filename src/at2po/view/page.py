@@ -25,9 +25,9 @@ def render_page(data: dict[str, Any], title: str) -> str:
     script = assets.joinpath("report.js").read_text(encoding="utf-8")
     style = assets.joinpath("report.css").read_text(encoding="utf-8")
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-        "<link rel=\"icon\" href=\"data:,\">\n"
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        '<link rel="icon" href="data:,">\n'
         f"<title>{html.escape(title)}</title>\n<style>\n{style}</style>\n</head>\n<body>\n"
-        f"<script type=\"application/json\" id=\"report-data\">{embedded_json(data)}</script>\n"
+        f'<script type="application/json" id="report-data">{embedded_json(data)}</script>\n'
         f"<script>\n{script}</script>\n</body>\n</html>\n"
     )

@@ -54,21 +54,24 @@
   }
 
   // ------------------------------------------------------------------------ curves
-  function niceTicks(lo, hi, count) {
-    if (lo === hi) { lo -= 0.5; hi += 0.5; }
+  // Round tick positions covering [lo, hi]; integer steps only when the axis counts (steps).
+  function niceTicks(lo, hi, count, integer) {
+    if (lo === hi) { lo -= integer ? 1 : 0.5; hi += integer ? 1 : 0.5; }
     const raw = (hi - lo) / count;
     const mag = Math.pow(10, Math.floor(Math.log10(raw)));
-    const step = [1, 2, 5, 10].map((m) => m * mag).find((s) => s >= raw);
+    let step = [1, 2, 5, 10].map((m) => m * mag).find((s) => s >= raw);
+    if (integer) step = Math.max(1, Math.round(step));
     const ticks = [];
-    for (let t = Math.ceil(lo / step) * step; t <= hi + step * 1e-9; t += step) ticks.push(t);
-    return { lo: Math.min(lo, ticks[0]), hi: Math.max(hi, ticks[ticks.length - 1]), ticks };
+    for (let i = Math.ceil(lo / step); i * step <= hi + step * 1e-9; i++) ticks.push(i * step);
+    const top = Math.max(Math.abs(ticks[0]), Math.abs(ticks[ticks.length - 1]));
+    return { lo: Math.min(lo, ticks[0]), hi: Math.max(hi, ticks[ticks.length - 1]), ticks,
+      label: (t) => tickLabel(t, step, top) };
   }
-  function tickLabel(t) {
-    const a = Math.abs(t);
-    if (a >= 1e6) return (t / 1e6).toFixed(1) + "M";
-    if (a >= 1e4) return (t / 1e3).toFixed(0) + "k";
-    if (a >= 100 || Number.isInteger(t)) return t.toFixed(0);
-    return t.toPrecision(2);
+  // A tick as few digits as its spacing needs, in k or M when the axis reaches 10⁴ or 10⁶.
+  function tickLabel(t, step, top) {
+    const [unit, suffix] = top >= 1e6 ? [1e6, "M"] : top >= 1e4 ? [1e3, "k"] : [1, ""];
+    const decimals = Math.max(0, -Math.floor(Math.log10(step / unit) + 1e-9));
+    return (t / unit).toFixed(Math.min(decimals, 6)) + suffix;
   }
   function chartSeries(spec, axis) {
     const series = [];
@@ -90,18 +93,18 @@
     const W = 380, H = 210, L = 52, R = 12, T = 8, B = 32;
     const xs = series.flatMap((s) => s.points.map((p) => p[0]));
     const ys = series.flatMap((s) => s.points.map((p) => p[1]));
-    const xt = niceTicks(Math.min(...xs), Math.max(...xs), 5);
-    const yt = niceTicks(Math.min(...ys), Math.max(...ys), 4);
+    const xt = niceTicks(Math.min(...xs), Math.max(...xs), 5, true);
+    const yt = niceTicks(Math.min(...ys), Math.max(...ys), 4, false);
     const px = (x) => L + ((x - xt.lo) / (xt.hi - xt.lo)) * (W - L - R);
     const py = (y) => H - B - ((y - yt.lo) / (yt.hi - yt.lo)) * (H - T - B);
     const plot = svg("svg", { width: W, height: H, viewBox: `0 0 ${W} ${H}` });
     yt.ticks.forEach((t) => {
       plot.append(svg("line", { x1: L, x2: W - R, y1: py(t), y2: py(t), stroke: "#eceef3" }));
-      plot.append(svg("text", { x: L - 4, y: py(t) + 3, "text-anchor": "end" }, tickLabel(t)));
+      plot.append(svg("text", { x: L - 4, y: py(t) + 3, "text-anchor": "end" }, yt.label(t)));
     });
     xt.ticks.forEach((t) => {
       plot.append(svg("line", { x1: px(t), x2: px(t), y1: H - B, y2: H - B + 4, stroke: "#888" }));
-      plot.append(svg("text", { x: px(t), y: H - B + 14, "text-anchor": "middle" }, tickLabel(t)));
+      plot.append(svg("text", { x: px(t), y: H - B + 14, "text-anchor": "middle" }, xt.label(t)));
     });
     plot.append(svg("line", { x1: L, x2: W - R, y1: H - B, y2: H - B, stroke: "#888" }));
     plot.append(svg("text", { x: (L + W - R) / 2, y: H - 3, "text-anchor": "middle" }, axis.label));
@@ -216,7 +219,7 @@
       g.append(svg("rect", { width: NODE_W, height: NODE_H, rx: 6,
         fill: n.parent === null ? "#e8ecf4" : advantageColour(turn && turn.advantage, scale) }));
       const title = `#${n.id} ${turnLabel(turn, n)}`;
-      g.append(svg("text", { x: 6, y: 14 }, clip(title, 30)));
+      g.append(svg("text", { x: 6, y: 14 }, clip(title, rows ? 22 : 30)));
       nodeBadges(group, n, turn).forEach((line, i) =>
         g.append(svg("text", { x: 6, y: 30 + i * 14, class: "badge" }, line)));
       if (rows) g.append(svg("text", { x: NODE_W - 6, y: 14, "text-anchor": "end", class: "badge" },
