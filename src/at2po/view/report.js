@@ -73,14 +73,18 @@
     const decimals = Math.max(0, -Math.floor(Math.log10(step / unit) + 1e-9));
     return (t / unit).toFixed(Math.min(decimals, 6)) + suffix;
   }
+  // One line per (run, metric): coloured by run and dashed by metric when several runs are
+  // overlaid, coloured by metric when there is one run.
   function chartSeries(spec, axis) {
     const series = [];
+    const byRun = DATA.runs.length > 1;
     DATA.runs.forEach((run, r) => {
       spec.keys.forEach((key, k) => {
         const points = run.metrics.filter((m) => key in m).map((m) => [axis.get(m), m[key], m.step]);
         if (points.length) {
-          series.push({ run: run.name, key, points, colour: RUN_COLOURS[r % RUN_COLOURS.length],
-            dash: KEY_DASHES[k % KEY_DASHES.length] });
+          series.push({ run: run.name, key, points,
+            colour: RUN_COLOURS[(byRun ? r : k) % RUN_COLOURS.length],
+            dash: byRun ? KEY_DASHES[k % KEY_DASHES.length] : "" });
         }
       });
     });
