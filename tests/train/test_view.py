@@ -53,7 +53,18 @@ def compared(run: Path) -> Path:
     record = json.loads(tree_file.read_text(encoding="utf-8"))
     record["groups"][0]["example"]["question"] = NASTY
     tree_file.write_text(json.dumps(record), encoding="utf-8")
+    _strip_to_old_format(root / "grpo" / "seed0" / "trees" / "step_000001.json")
     return root
+
+
+def _strip_to_old_format(tree_file: Path) -> None:
+    """The record as runs wrote it before ``at2po view``: no decoded turns, no picks."""
+    record = json.loads(tree_file.read_text(encoding="utf-8"))
+    for group in record["groups"]:
+        del group["turns"]
+        for node in group["tree"]["nodes"]:
+            del node["picks"]
+    tree_file.write_text(json.dumps({"step": 1, "groups": record["groups"]}), encoding="utf-8")
 
 
 def _record(run: Path, step: int) -> dict:
@@ -250,6 +261,19 @@ def test_curves_overlay_both_runs_against_steps_and_tokens(page, compared: Path)
         points = sum("eval/em" in m for m in metrics)
         assert all(int(line.get_attribute("data-points")) == points for line in lines)
     assert page.find_elements("css selector", '.chart[data-metric^="perf/seconds_rollout"]')
+
+
+def test_a_tree_file_of_the_old_format_shows_its_nodes_and_token_ids(page, compared: Path):
+    from selenium.webdriver.support.ui import Select
+
+    group = _record(compared / "grpo" / "seed0", 1)["groups"][0]
+    Select(page.find_element("id", "tree-run")).select_by_visible_text("grpo/seed0")
+    Select(page.find_element("id", "tree-step")).select_by_value("1")
+    assert len(page.find_elements("css selector", "g.tree-node")) == len(group["tree"]["nodes"])
+    page.find_element("css selector", 'g.tree-node[data-node-id="1"]').click()
+    ids = " ".join(map(str, group["tree"]["nodes"][1]["act_ids"]))
+    assert page.find_element("id", "node-detail").text.endswith("token ids: " + ids)
+    Select(page.find_element("id", "tree-run")).select_by_visible_text("at2po/seed0")
 
 
 def test_the_page_logs_no_console_errors_and_leaves_a_screenshot(page):
