@@ -37,6 +37,7 @@ test: lint
 demo: $(VENV)/.installed
 	$(BIN)/at2po bootstrap
 	$(BIN)/at2po train configs/quickstart.yaml
+	@echo "See what the agent did: $(BIN)/at2po view runs/quickstart  (writes runs/quickstart/report.html; docs/viewer.md)"
 
 bench: $(VENV)/.installed
 	$(BIN)/python bench/core.py

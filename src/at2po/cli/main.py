@@ -13,9 +13,9 @@ import sys
 from collections.abc import Sequence
 
 from at2po import __version__
-from at2po.cli import bootstrap, retriever, train, worlds
+from at2po.cli import bootstrap, retriever, train, view, worlds
 
-SUBCOMMANDS = (bootstrap, train, worlds, retriever)
+SUBCOMMANDS = (bootstrap, train, worlds, retriever, view)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -48,6 +48,8 @@ class Node:
             the turn is still being generated).
         reward: outcome reward of a finished trajectory (leaves only).
         scores: named sub-scores of that reward, for logging (leaves only; e.g. ``em``, ``f1``).
+        picks: the expansion score H − α·b this node had each time expansion picked it for
+            re-sampling (empty when never picked; a picked root means a fresh first turn).
     """
 
     id: int
@@ -59,6 +61,7 @@ class Node:
     finish: str | None = None
     reward: float | None = None
     scores: dict[str, float] = field(default_factory=dict)
+    picks: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if len(self.act_ids) != len(self.act_logprobs):
@@ -253,6 +256,7 @@ def subtree(tree: TurnTree, keep_leaves: Iterable[int]) -> tuple[TurnTree, list[
                     act_ids=list(node.act_ids),
                     act_logprobs=list(node.act_logprobs),
                     scores=dict(node.scores),
+                    picks=list(node.picks),
                 )
             )
     return TurnTree(tree.prompt_ids, nodes), new_id

@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from at2po.core.expansion import arpo_should_branch, select_expansion_nodes
+from at2po.core.expansion import arpo_should_branch, expansion_scores, select_expansion_nodes
 from at2po.core.tree import TurnTree, sample_leaves
 from at2po.rollout.codec import Codec
 from at2po.rollout.config import RolloutConfig
@@ -103,6 +103,7 @@ def rollout(
                         cfg.expansion_min_entropy,
                     )
                     picked.update((i, x) for x in picks if x != 0)
+                    _record_picks(entry.tree, picks, cfg.sibling_penalty)
                     pending += [runner.resample(i, x, trees) for x in picks]
                 runner.run(pending, trees)
             seconds["perf/seconds_expansion"] = time.perf_counter() - start
@@ -113,6 +114,14 @@ def rollout(
         groups.append(PromptGroup(entry.example, tree, tuple(rows)))
     metrics = _metrics(groups, [t.tree for t in trees], runner, picked) | seconds
     return RolloutOutput(groups, metrics)
+
+
+def _record_picks(tree: TurnTree, picks: Sequence[int], alpha: float) -> None:
+    """Append each picked node's current expansion score H − α·b to its ``picks``."""
+    candidates, scores = expansion_scores(tree, alpha)
+    score_of = dict(zip(candidates, scores, strict=True))
+    for node_id in picks:
+        tree.nodes[node_id].picks.append(score_of[node_id])
 
 
 def _run_branching(

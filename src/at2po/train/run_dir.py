@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 from at2po.rollout.rollouts import PromptGroup
 from at2po.train.config import ConfigError, TrainConfig
+from at2po.train.tree_record import tree_record
 
 
 class MetricSink(Protocol):
@@ -51,25 +52,13 @@ class RunDir:
                 "(out_dir=DIR) for a new run"
             )
 
-    def write_trees(self, step: int, groups: Sequence[PromptGroup]) -> Path:
-        """The step's trees as JSON (:meth:`TurnTree.to_dict` plus the question and the rows)."""
+    def write_trees(
+        self, step: int, groups: Sequence[PromptGroup], tokenizer: Any, cfg: TrainConfig
+    ) -> Path:
+        """The step's trees as JSON, turns decoded (:mod:`at2po.train.tree_record`)."""
         self.trees.mkdir(parents=True, exist_ok=True)
         path = self.trees / f"step_{step:06d}.json"
-        record = {
-            "step": step,
-            "groups": [
-                {
-                    "example": {
-                        "id": g.example.id,
-                        "question": g.example.question,
-                        "golden_answers": list(g.example.golden_answers),
-                    },
-                    "row_leaves": list(g.row_leaves),
-                    "tree": g.tree.to_dict(),
-                }
-                for g in groups
-            ],
-        }
+        record = tree_record(step, groups, tokenizer, cfg)
         path.write_text(json.dumps(record), encoding="utf-8")
         return path
 

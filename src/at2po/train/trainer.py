@@ -176,7 +176,7 @@ class Trainer:
                     self._log(self.step, metrics)
                     display.step_done(metrics)
                     if cfg.log_trees_every and self.step % cfg.log_trees_every == 0 and out.groups:
-                        self.run_dir.write_trees(self.step, out.groups)
+                        self.run_dir.write_trees(self.step, out.groups, self.tokenizer, self.cfg)
                     if last or (cfg.save_every and self.step % cfg.save_every == 0):
                         self.seconds += time.perf_counter() - started
                         started = time.perf_counter()
