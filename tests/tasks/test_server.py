@@ -15,8 +15,12 @@ import httpx
 import pytest
 
 from at2po.cli import retriever as retriever_cli
+from at2po.tasks.datasets import QAExample
 from at2po.tasks.retrieval import BM25Retriever, Document, HTTPRetriever, write_corpus
+from at2po.tasks.retrieval.http_client import QueriesRejected
 from at2po.tasks.retrieval.server import ServerLimits, create_app, serve_in_background
+from at2po.tasks.search_env import SearchQAEnv
+from at2po.tasks.search_tool import MESSAGES, SearchTool
 
 CORPUS = [
     Document("maren", '"Maren Tolvik"\nMaren Tolvik was born in Bergen and became a cartographer.'),
@@ -140,6 +144,70 @@ def test_backend_failure_is_a_500_with_the_reason(bm25):
         response = httpx.post(f"{url}/retrieve", json={"query": "Bergen"})
     assert response.status_code == 500
     assert "RetrieverUnavailable" in response.json()["error"]
+
+
+# ---------------------------------------------------------------- batches over the server's limits
+
+HARBOUR = "Bergen is a harbour city on the west coast of Norway."
+EXAMPLE = QAExample("q", "Which city is a harbour on the west coast of Norway?", ("Bergen",), "t")
+
+
+@pytest.fixture(scope="module")
+def default_limits_url(bm25):
+    """A server with the CLI's default limits (1,024 queries per request)."""
+    with serve_in_background(create_app(bm25, kind="bm25", corpus_size=len(CORPUS))) as url:
+        yield url
+
+
+def _search_env(url: str) -> SearchQAEnv:
+    return SearchQAEnv(SearchTool(HTTPRetriever(f"{url}/retrieve", timeout_s=10), timeout_s=30))
+
+
+def test_a_round_of_1025_searches_all_succeed(default_limits_url):
+    env = _search_env(default_limits_url)
+    states = [env.reset(EXAMPLE)] * 1025
+    outcomes = env.step_batch(states, ["<search>Bergen harbour</search>"] * 1025)
+    assert [outcome.info["problem"] for outcome in outcomes] == [None] * 1025
+    assert all(HARBOUR in outcome.observation for outcome in outcomes)
+    assert {outcome.state.tool_calls for outcome in outcomes} == {1}
+
+
+def test_a_query_with_a_lone_surrogate_fails_alone(default_limits_url):
+    env = _search_env(default_limits_url)
+    texts = ["<search>Bergen harbour</search>", "<search>\ud800 X</search>"]
+    texts.append("<search>Rhine</search>")
+    outcomes = env.step_batch([env.reset(EXAMPLE)] * 3, texts)
+    assert [outcome.info["problem"] for outcome in outcomes] == [None, "search_failed", None]
+    assert outcomes[1].info["tool_failed"]
+    assert MESSAGES["search_failed"] in outcomes[1].observation
+    assert HARBOUR in outcomes[0].observation
+    assert "The Rhine flows from the Alps" in outcomes[2].observation
+
+
+def test_client_reads_the_server_limits_from_health(bm25):
+    limits = ServerLimits(max_queries=5, max_passages=8)
+    with serve_in_background(create_app(bm25, kind="bm25", corpus_size=6, limits=limits)) as url:
+        client = HTTPRetriever(f"{url}/retrieve")
+        assert client.batch_limit(1) == 5  # max_queries binds
+        assert client.batch_limit(3) == 2  # 8 passages // 3 per query
+        assert client.search(QUERIES * 3, k=3) == bm25.search(QUERIES * 3, k=3)
+
+
+def test_client_splits_a_batch_the_server_refuses_with_413(bm25, base_url):
+    client = HTTPRetriever(f"{base_url}/retrieve", max_batch=1000)  # believes in a larger limit
+    queries = QUERIES * 3  # 12 queries; LIMITS takes 4 per request
+    assert client.search(queries, k=2) == bm25.search(queries, k=2)
+
+
+def test_a_query_the_server_refuses_alone_fails_alone(bm25, base_url):
+    client = HTTPRetriever(f"{base_url}/retrieve", max_batch=1000)
+    queries = [QUERIES[0], "Bergen " * 20, QUERIES[1]]  # the middle one is over 60 characters
+    with pytest.raises(QueriesRejected) as rejected:
+        client.search(queries, k=3)
+    assert set(rejected.value.reasons) == {1}
+    assert "query 0 has 140 characters" in rejected.value.reasons[1]
+    expected = bm25.search([QUERIES[0], QUERIES[1]], k=3)
+    assert rejected.value.results == [expected[0], None, expected[1]]
 
 
 # ---------------------------------------------------------------- CLI
