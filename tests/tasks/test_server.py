@@ -31,7 +31,9 @@ CORPUS = [
     Document("rhine", '"Rhine"\nThe Rhine flows from the Alps to the North Sea.'),
 ]
 QUERIES = ["Maren Tolvik birthplace", "operas Uppsala", "Rhine Alps", "Bergen Norway harbour"]
-LIMITS = ServerLimits(default_topk=3, topk_max=5, max_queries=4, max_query_chars=60)
+LIMITS = ServerLimits(
+    default_topk=3, topk_max=5, max_queries=4, max_query_chars=60, max_passages=12
+)
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +98,13 @@ def test_health_reports_kind_size_and_limits(base_url):
         ({"json": {"queries": ["a"] * 5}}, 413, "at most 4"),
         ({"json": {"queries": ["ok", "x" * 61]}}, 413, "query 1 has 61 characters"),
         ({"json": {"query": 17}}, 422, "query"),
+        ({"json": {"query": "Bergen", "topk": True}}, 422, "topk"),
+        ({"json": {"query": "Bergen", "topk": "3"}}, 422, "topk"),
+        ({"json": {"query": "Bergen", "topk": 3.0}}, 422, "topk"),
+        ({"json": {"query": "Bergen", "return_scores": "yes"}}, 422, "return_scores"),
+        ({"json": {"query": "Bergen", "return_scores": 1}}, 422, "return_scores"),
+        ({"json": {"queries": ["a"] * 4, "topk": 4}}, 413, "16 passages"),
+        ({"content": b'{"query": "Bergen \xff"}'}, 422, "not UTF-8 (byte 18)"),
     ],
 )
 def test_bad_requests_get_a_4xx_with_a_message(base_url, request_kwargs, status, complaint):
@@ -121,6 +130,78 @@ def test_oversized_body_is_refused_before_parsing(bm25):
         assert response.status_code == 413
         assert "exceeds 100 bytes" in response.json()["error"]
     assert small.status_code == 200
+
+
+def test_the_largest_allowed_request_is_answered(bm25, base_url):
+    body = {"queries": QUERIES[:3], "topk": 4}  # 12 passages: exactly max_passages
+    answer = httpx.post(f"{base_url}/retrieve", json=body)
+    assert answer.status_code == 200
+    assert len(answer.json()["result"]) == 3
+
+
+@pytest.fixture(scope="module")
+def impatient_url(bm25):
+    """A server that gives each request head and body 0.5 s."""
+    limits = ServerLimits(request_timeout_s=0.5)
+    app = create_app(bm25, kind="bm25", corpus_size=len(CORPUS), limits=limits)
+    with serve_in_background(app, limits=limits) as url:
+        yield url
+
+
+def _connect(url: str) -> socket.socket:
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    connection = socket.create_connection((host, int(port)))
+    connection.settimeout(30)
+    return connection
+
+
+def _raw_exchange(url: str, sent: bytes) -> bytes:
+    """Send raw bytes; everything the server answers until it closes (socket timeout: 30 s)."""
+    received = b""
+    with _connect(url) as connection:
+        connection.sendall(sent)
+        while chunk := connection.recv(65536):
+            received += chunk
+    return received
+
+
+HEAD_408 = b'{"error": "no complete request head within 0.5 s; closing"}'
+BODY_408 = b"the request body did not arrive within 0.5 s"
+
+
+@pytest.mark.parametrize(
+    ("sent", "complaint"),
+    [
+        (b"", HEAD_408),  # a connection that never sends a request
+        (b"POST /retrieve HTTP/1.1\r\nhost: x\r\n", HEAD_408),  # a head that never ends
+        (b"POST /retrieve HTTP/1.1\r\nhost: x\r\ncontent-length: 9\r\n\r\n{", BODY_408),
+    ],
+)
+def test_an_incomplete_request_gets_408_and_the_connection_closed(impatient_url, sent, complaint):
+    answer = _raw_exchange(impatient_url, sent)
+    assert answer.startswith(b"HTTP/1.1 408 ")
+    assert complaint in answer
+
+
+def test_a_keep_alive_connection_gets_the_head_deadline_again(impatient_url):
+    request = b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n"
+    answer = _raw_exchange(impatient_url, request + b"GET /health HTTP/1.1\r\n")
+    assert answer.startswith(b"HTTP/1.1 200 ")
+    assert answer.count(b"HTTP/1.1 ") == 2
+    assert HEAD_408 in answer
+
+
+def test_connections_over_the_limit_get_503(bm25):
+    limits = ServerLimits(max_connections=3)
+    app = create_app(bm25, kind="bm25", corpus_size=len(CORPUS), limits=limits)
+    with serve_in_background(app, limits=limits) as url:
+        idle = [_connect(url) for _ in range(3)]
+        busy = httpx.get(f"{url}/health")
+        for connection in idle:
+            connection.close()
+        served = httpx.get(f"{url}/health")
+    assert busy.status_code == 503
+    assert served.status_code == 200
 
 
 def test_concurrent_clients_all_succeed(bm25, base_url):
