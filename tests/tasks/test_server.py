@@ -330,6 +330,30 @@ def test_cli_without_corpus_or_index_says_what_is_missing(tmp_path):
         retriever_cli.run(_serve_args("--corpus", str(tmp_path / "absent.jsonl")))
 
 
+def test_cli_refuses_a_port_out_of_range_in_one_line(tmp_path):
+    write_corpus(CORPUS, tmp_path / "corpus.jsonl")
+    args = _serve_args("--corpus", str(tmp_path / "corpus.jsonl"), "--port", "99999")
+    with pytest.raises(SystemExit) as refused:
+        retriever_cli.run(args)
+    assert str(refused.value) == (
+        "at2po retriever serve: port 99999 is out of range; give a port from 1 to 65535 "
+        "(0: any free)"
+    )
+
+
+def test_cli_refuses_a_port_in_use_before_building_the_index(tmp_path):
+    index = tmp_path / "index"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        args = _serve_args("--corpus", str(tmp_path / "absent.jsonl"), "--index", str(index))
+        args.port = port
+        with pytest.raises(SystemExit, match=f"cannot listen on 127.0.0.1:{port} .*free port"):
+            retriever_cli.run(args)
+    assert not index.exists()
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -372,29 +372,46 @@ def warn_if_exposed(host: str) -> None:
         )
 
 
+def open_listener(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host:port`` (port 0: any free one) for uvicorn to listen on.
+
+    Binding before a slow index build makes a bad ``--port`` fail at once. Raises ValueError
+    naming the address and the fix when the port is out of range or cannot be bound. Warns when
+    ``host`` is not a loopback address (:func:`warn_if_exposed`).
+    """
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port {port} is out of range; give a port from 1 to 65535 (0: any free)")
+    warn_if_exposed(host)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY on accepted connections only then, and
+    # without it Nagle's algorithm meets delayed ACKs and every response waits ~40 ms.
+    listener = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((host, port))
+    except OSError as error:
+        listener.close()
+        raise ValueError(
+            f"cannot listen on {host}:{port} ({error.strerror or error}); give a free port and "
+            "an address of this machine"
+        ) from error
+    return listener
+
+
 def run_server(
-    app: FastAPI,
-    *,
-    host: str = "127.0.0.1",
-    port: int = 8000,
-    limits: ServerLimits | None = None,
+    app: FastAPI, listener: socket.socket, *, limits: ServerLimits | None = None
 ) -> None:
-    """Serve ``app`` in the foreground until SIGINT or SIGTERM, then finish open requests and stop.
+    """Serve ``app`` on ``listener`` (:func:`open_listener`) in the foreground until SIGINT or
+    SIGTERM, then finish open requests and stop.
 
     After the graceful shutdown uvicorn re-raises the signal: SIGINT (Ctrl+C) then returns here
     quietly, SIGTERM ends the process with the usual "terminated by SIGTERM" status.
     """
-    warn_if_exposed(host)
     config = _uvicorn_config(
-        app,
-        limits or ServerLimits(),
-        host=host,
-        port=port,
-        log_level="info",
-        timeout_graceful_shutdown=5,
+        app, limits or ServerLimits(), log_level="info", timeout_graceful_shutdown=5
     )
     with contextlib.suppress(KeyboardInterrupt):
-        uvicorn.Server(config).run()
+        uvicorn.Server(config).run(sockets=[listener])
 
 
 @contextlib.contextmanager
@@ -406,18 +423,12 @@ def serve_in_background(
     startup_timeout_s: float = 10.0,
     limits: ServerLimits | None = None,
 ) -> Iterator[str]:
-    """Serve ``app`` from a daemon thread on ``host:port`` (0 = a free port); yield its base URL.
+    """Serve ``app`` from a daemon thread on ``host:port`` (0: a free port); yield its base URL.
 
     Leaving the block asks uvicorn to stop and waits for the thread, so tests and benchmarks get
     a real loopback HTTP server without a subprocess.
     """
-    warn_if_exposed(host)
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY on accepted connections only then, and
-    # without it Nagle's algorithm meets delayed ACKs and every response waits ~40 ms.
-    listener = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind((host, port))
+    listener = open_listener(host, port)
     bound_port = listener.getsockname()[1]
     config = _uvicorn_config(
         app, limits or ServerLimits(), log_level="warning", timeout_graceful_shutdown=2
