@@ -323,6 +323,18 @@ def test_cli_refuses_an_index_built_from_another_corpus(tmp_path):
         )
 
 
+def test_cli_refuses_an_index_holding_a_file_of_another_index(tmp_path):
+    BM25Retriever(CORPUS).save(tmp_path / "index")
+    BM25Retriever(CORPUS[:3] + CORPUS[:2:-1]).save(tmp_path / "other")  # same size, other order
+    vocab = tmp_path / "index" / "bm25s" / "vocab.index.json"
+    vocab.write_bytes((tmp_path / "other" / "bm25s" / "vocab.index.json").read_bytes())
+    with pytest.raises(ValueError) as refused:  # run() turns it into SystemExit("at2po …: …")
+        retriever_cli.build_retriever(_serve_args("--index", str(tmp_path / "index")))
+    message = str(refused.value)
+    assert message.startswith(f"{vocab} is not the file this index was saved with")
+    assert "\n" not in message
+
+
 def test_cli_without_corpus_or_index_says_what_is_missing(tmp_path):
     with pytest.raises(SystemExit, match="--corpus is required"):
         retriever_cli.run(_serve_args("--index", str(tmp_path / "empty")))
