@@ -87,7 +87,7 @@ class HTTPRetriever:
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
         self._client = httpx.Client(timeout=httpx.Timeout(timeout_s))
-        self._server_limits: dict[str, int] | None = None if max_batch is None else {}
+        self._server_limits: dict[str, int] | None = None  # read from /health when needed
         self._max_batch = max_batch
         self._limits_lock = threading.Lock()
 
@@ -98,6 +98,8 @@ class HTTPRetriever:
         queries failed (it carries the passages of the others).
         """
         check_search_args(queries, k)
+        if not queries:
+            return []
         results: list[list[Passage] | None] = [None] * len(queries)
         reasons = {i: why for i, query in enumerate(queries) if (why := _unsendable(query))}
         sendable = [i for i in range(len(queries)) if i not in reasons]

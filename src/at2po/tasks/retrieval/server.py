@@ -148,6 +148,9 @@ def _checked_queries(request: RetrieveRequest, limits: ServerLimits) -> tuple[li
     return queries, topk
 
 
+_COMPACT_JSON: dict = {"ensure_ascii": False, "separators": (",", ":")}
+
+
 def _hit_json(passage: Passage, with_score: bool) -> dict:
     document = {"id": passage.doc_id, "contents": passage.contents}
     return {"document": document, "score": passage.score} if with_score else document
@@ -156,10 +159,18 @@ def _hit_json(passage: Passage, with_score: bool) -> dict:
 def _search_as_json(
     retriever: Retriever, queries: list[str], topk: int, with_scores: bool
 ) -> bytes:
-    """The encoded ``{"result": ...}`` answer (run in a worker thread: both parts can be slow)."""
+    """The encoded ``{"result": ...}`` answer, for a worker thread: both parts can be slow.
+
+    Each query's list is encoded by its own ``json.dumps`` call: one call over a whole answer of
+    megabytes holds the GIL throughout (tens of milliseconds), stalling the event loop even
+    from another thread; between small calls the interpreter can switch to the loop.
+    """
     hits = retriever.search(queries, topk)
-    result = [[_hit_json(p, with_scores) for p in passages] for passages in hits]
-    return json.dumps({"result": result}, ensure_ascii=False, separators=(",", ":")).encode()
+    lists = [
+        json.dumps([_hit_json(p, with_scores) for p in passages], **_COMPACT_JSON)
+        for passages in hits
+    ]
+    return f'{{"result":[{",".join(lists)}]}}'.encode()
 
 
 def create_app(
@@ -179,16 +190,14 @@ def create_app(
             f"{'.'.join(str(part) for part in item['loc'])}: {item['msg']}"
             for item in error.errors()
         )
-        return JSONResponse(
-            {"error": f"invalid request body ({problems}); {_REQUEST_SHAPE}"}, status_code=422
-        )
+        return _error_response(422, f"invalid request body ({problems}); {_REQUEST_SHAPE}")
 
     @app.exception_handler(_RequestProblem)
     async def _bad_request(_: Request, problem: _RequestProblem) -> JSONResponse:
-        return JSONResponse({"error": problem.message}, status_code=problem.status)
+        return _error_response(problem.status, problem.message)
 
     @app.post("/retrieve")
-    async def retrieve(request: RetrieveRequest) -> JSONResponse:
+    async def retrieve(request: RetrieveRequest) -> Response:
         queries, topk = _checked_queries(request, limits)
         try:
             answer = await run_in_threadpool(
@@ -196,9 +205,7 @@ def create_app(
             )
         except Exception as error:  # the server answers every request, even when its backend fails
             logger.exception("retrieval failed")
-            return JSONResponse(
-                {"error": f"retrieval failed: {type(error).__name__}: {error}"}, status_code=500
-            )
+            return _error_response(500, f"retrieval failed: {type(error).__name__}: {error}")
         return Response(answer, media_type="application/json")
 
     @app.get("/health")
@@ -212,6 +219,7 @@ def create_app(
 
 
 def _error_response(status: int, message: str) -> JSONResponse:
+    """The server's error answer: ``{"error": message}`` with ``status``."""
     return JSONResponse({"error": message}, status_code=status)
 
 
@@ -236,24 +244,11 @@ class _BodyGuard:
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             await self._too_large()(scope, receive, send)
             return
-        try:
-            body = await asyncio.wait_for(self._read_body(receive), self.timeout_s)
-        except asyncio.TimeoutError:
-            message = (
-                f"the request body did not arrive within {self.timeout_s:g} s; send it at once"
-            )
-            await _error_response(408, message)(scope, receive, send)
-            return
+        body = await self._checked_body(receive)
         if isinstance(body, Response):
             await body(scope, receive, send)
             return
         if body is None:  # the client went away
-            return
-        try:
-            body.decode("utf-8")
-        except UnicodeDecodeError as error:
-            message = f"the request body is not UTF-8 (byte {error.start}); send UTF-8 JSON"
-            await _error_response(422, message)(scope, receive, send)
             return
         buffered: list[Message] = [{"type": "http.request", "body": body}]
 
@@ -261,6 +256,24 @@ class _BodyGuard:
             return buffered.pop() if buffered else await receive()
 
         await self.app(scope, replay, send)
+
+    async def _checked_body(self, receive: Receive) -> bytes | Response | None:
+        """The UTF-8 body read within the deadline, else the error answer; None on a disconnect."""
+        try:
+            body = await asyncio.wait_for(self._read_body(receive), self.timeout_s)
+        except asyncio.TimeoutError:
+            return _error_response(
+                408, f"the request body did not arrive within {self.timeout_s:g} s; send it at once"
+            )
+        if not isinstance(body, bytes):
+            return body
+        try:
+            body.decode("utf-8")
+        except UnicodeDecodeError as error:
+            return _error_response(
+                422, f"the request body is not UTF-8 (byte {error.start}); send UTF-8 JSON"
+            )
+        return body
 
     async def _read_body(self, receive: Receive) -> bytes | Response | None:
         """The body; a 413 response when it grows past the limit; None on a disconnect."""
