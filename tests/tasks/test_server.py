@@ -183,6 +183,13 @@ def test_an_incomplete_request_gets_408_and_the_connection_closed(impatient_url,
     assert complaint in answer
 
 
+def test_an_unfinished_head_over_16_kib_gets_uvicorns_400(impatient_url):
+    unfinished = b"GET /health HTTP/1.1\r\nhost: x\r\nx-padding: " + b"a" * 17_000
+    answer = _raw_exchange(impatient_url, unfinished)
+    assert answer.startswith(b"HTTP/1.1 400 ")
+    assert answer.endswith(b"Invalid HTTP request received.")
+
+
 def test_a_keep_alive_connection_gets_the_head_deadline_again(impatient_url):
     request = b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n"
     answer = _raw_exchange(impatient_url, request + b"GET /health HTTP/1.1\r\n")
