@@ -1,7 +1,9 @@
 """Retrieval benchmark: BM25 build/save/load time, query latency in process and over loopback HTTP.
 
 Prints one JSON object per measurement. Targets: in-process p50 <= 2 ms per query at 100k documents;
-the server answers 1,000 requests from 16 concurrent clients with zero errors.
+the server answers 1,000 requests from 16 concurrent clients with zero errors. ``server_stall``:
+how long one client's ``GET /health`` waits while another fetches 1,024-query answers (topk 10:
+the largest the server allows by default; topk 100: the request of issue 16, now refused).
 
     .venv/bin/python bench/retrieval.py                      # 100k documents from synthetic worlds
     .venv/bin/python bench/retrieval.py --docs 20000 --source templates
@@ -133,6 +135,7 @@ def bench_server(index_dir: str, queries: list[str], requests: int, clients: int
     try:
         wait_until_healthy(base_url, server)
         latencies_ms, errors, wall_s = hammer(base_url, queries, requests, clients, k)
+        stalls = [quiet_probes(base_url), *(stall(base_url, queries, topk) for topk in (10, 100))]
     finally:
         server.send_signal(signal.SIGINT)
         try:
@@ -151,6 +154,8 @@ def bench_server(index_dir: str, queries: list[str], requests: int, clients: int
         errors=len(errors),
         first_errors=errors[:3],
     )
+    for record in stalls:
+        emit(measurement="server_stall", **record)
 
 
 def wait_until_healthy(base_url: str, server: subprocess.Popen, timeout_s: float = 120.0) -> None:
@@ -194,6 +199,67 @@ def hammer(base_url: str, queries: list[str], requests: int, clients: int, k: in
     with ThreadPoolExecutor(max_workers=clients) as pool:
         list(pool.map(client_loop, range(clients)))
     return latencies_ms, errors, time.perf_counter() - started
+
+
+def stall(base_url: str, queries: list[str], topk: int, repeats: int = 5) -> dict:
+    """``GET /health`` latency on one connection while another POSTs 1,024 queries at ``topk``
+    ``repeats`` times (a server that encodes answers on its event loop stalls the probe)."""
+    body = {"queries": [queries[i % len(queries)] for i in range(1024)], "topk": topk}
+    body["return_scores"] = True
+    answers: list[tuple[int, int, float]] = []
+    probe_ms: list[float] = []
+    done = threading.Event()
+
+    def fetch_big_answers() -> None:
+        with httpx.Client(base_url=base_url, timeout=120) as client:
+            for _ in range(repeats):
+                started = time.perf_counter()
+                response = client.post("/retrieve", json=body)
+                elapsed_ms = (time.perf_counter() - started) * 1e3
+                answers.append((response.status_code, len(response.content), elapsed_ms))
+        done.set()
+
+    def probe() -> None:
+        with httpx.Client(base_url=base_url, timeout=120) as client:
+            while not (done.is_set() and probe_ms):  # at least one probe
+                started = time.perf_counter()
+                client.get("/health").raise_for_status()
+                probe_ms.append((time.perf_counter() - started) * 1e3)
+                time.sleep(0.002)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for future in [pool.submit(probe), pool.submit(fetch_big_answers)]:
+            future.result()
+    return {
+        "queries": 1024,
+        "topk": topk,
+        "request_bytes": len(json.dumps(body)),
+        "status": sorted({status for status, _, _ in answers}),
+        "response_bytes": max(size for _, size, _ in answers),
+        "big_request_p50_ms": round(percentile([ms for _, _, ms in answers], 0.5), 1),
+        **probe_summary(probe_ms),
+    }
+
+
+def probe_summary(probe_ms: list[float]) -> dict:
+    return {
+        "probes": len(probe_ms),
+        "probe_p50_ms": round(percentile(probe_ms, 0.5), 2),
+        "probe_p99_ms": round(percentile(probe_ms, 0.99), 1),
+        "probe_max_ms": round(max(probe_ms), 1),
+    }
+
+
+def quiet_probes(base_url: str, probes: int = 500) -> dict:
+    """``GET /health`` latency with no other client: the machine's noise floor for ``stall``."""
+    probe_ms = []
+    with httpx.Client(base_url=base_url, timeout=120) as client:
+        for _ in range(probes):
+            started = time.perf_counter()
+            client.get("/health").raise_for_status()
+            probe_ms.append((time.perf_counter() - started) * 1e3)
+            time.sleep(0.002)
+    return {"topk": None, **probe_summary(probe_ms)}
 
 
 def main() -> None:

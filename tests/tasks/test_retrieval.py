@@ -166,6 +166,55 @@ def test_bm25_load_refuses_a_directory_without_an_index(tmp_path):
         BM25Retriever.load(tmp_path)
 
 
+OTHER_CORPUS = [  # as many documents as BIOGRAPHIES, other words
+    Document(f"o{i}", f'"Place {i}"\nA quiet village beside lake number {i} with orchards.')
+    for i in range(len(BIOGRAPHIES))
+]
+
+
+@pytest.fixture
+def two_indexes(tmp_path):
+    """An index of BIOGRAPHIES and one of OTHER_CORPUS, saved side by side."""
+    BM25Retriever(BIOGRAPHIES).save(tmp_path / "index")
+    BM25Retriever(OTHER_CORPUS).save(tmp_path / "other")
+    return tmp_path / "index", tmp_path / "other"
+
+
+@pytest.mark.parametrize(
+    "swapped", ["bm25s/vocab.index.json", "bm25s/data.csc.index.npy", "documents.jsonl"]
+)
+def test_bm25_load_refuses_a_file_from_another_index(two_indexes, swapped):
+    index, other = two_indexes
+    (index / swapped).write_bytes((other / swapped).read_bytes())
+    with pytest.raises(ValueError) as refused:
+        BM25Retriever.load(index)
+    message = str(refused.value)
+    assert message.startswith(f"{index / swapped} is not the file this index was saved with")
+    assert f"delete {index} and run `at2po retriever serve --corpus" in message
+
+
+def test_bm25_load_refuses_a_valid_file_of_another_kind(two_indexes):
+    index, _ = two_indexes
+    (index / "bm25s/vocab.index.json").write_text("{}")  # valid JSON: every query would find []
+    with pytest.raises(ValueError, match=re.escape(f"{index}/bm25s/vocab.index.json is not the")):
+        BM25Retriever.load(index)
+
+
+@pytest.mark.parametrize(
+    ("metadata", "complaint"),
+    [
+        ("[1, 2]", "a JSON list, not an object"),
+        ("{not json", "is not index metadata (Expecting property name"),
+        ('{"format": 1, "kind": "bm25"}', "format 1; this version reads bm25 format 2"),
+    ],
+)
+def test_bm25_load_refuses_metadata_it_cannot_read(two_indexes, metadata, complaint):
+    index, _ = two_indexes
+    (index / "at2po_index.json").write_text(metadata)
+    with pytest.raises(ValueError, match=re.escape(complaint)):
+        BM25Retriever.load(index)
+
+
 _WORDS = [f"w{i}" for i in range(12)]  # two-character words that are not stop words
 
 

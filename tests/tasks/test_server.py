@@ -15,8 +15,12 @@ import httpx
 import pytest
 
 from at2po.cli import retriever as retriever_cli
+from at2po.tasks.datasets import QAExample
 from at2po.tasks.retrieval import BM25Retriever, Document, HTTPRetriever, write_corpus
+from at2po.tasks.retrieval.http_client import QueriesRejected
 from at2po.tasks.retrieval.server import ServerLimits, create_app, serve_in_background
+from at2po.tasks.search_env import SearchQAEnv
+from at2po.tasks.search_tool import MESSAGES, SearchTool
 
 CORPUS = [
     Document("maren", '"Maren Tolvik"\nMaren Tolvik was born in Bergen and became a cartographer.'),
@@ -27,7 +31,9 @@ CORPUS = [
     Document("rhine", '"Rhine"\nThe Rhine flows from the Alps to the North Sea.'),
 ]
 QUERIES = ["Maren Tolvik birthplace", "operas Uppsala", "Rhine Alps", "Bergen Norway harbour"]
-LIMITS = ServerLimits(default_topk=3, topk_max=5, max_queries=4, max_query_chars=60)
+LIMITS = ServerLimits(
+    default_topk=3, topk_max=5, max_queries=4, max_query_chars=60, max_passages=12
+)
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +98,13 @@ def test_health_reports_kind_size_and_limits(base_url):
         ({"json": {"queries": ["a"] * 5}}, 413, "at most 4"),
         ({"json": {"queries": ["ok", "x" * 61]}}, 413, "query 1 has 61 characters"),
         ({"json": {"query": 17}}, 422, "query"),
+        ({"json": {"query": "Bergen", "topk": True}}, 422, "topk"),
+        ({"json": {"query": "Bergen", "topk": "3"}}, 422, "topk"),
+        ({"json": {"query": "Bergen", "topk": 3.0}}, 422, "topk"),
+        ({"json": {"query": "Bergen", "return_scores": "yes"}}, 422, "return_scores"),
+        ({"json": {"query": "Bergen", "return_scores": 1}}, 422, "return_scores"),
+        ({"json": {"queries": ["a"] * 4, "topk": 4}}, 413, "16 passages"),
+        ({"content": b'{"query": "Bergen \xff"}'}, 422, "not UTF-8 (byte 18)"),
     ],
 )
 def test_bad_requests_get_a_4xx_with_a_message(base_url, request_kwargs, status, complaint):
@@ -119,6 +132,85 @@ def test_oversized_body_is_refused_before_parsing(bm25):
     assert small.status_code == 200
 
 
+def test_the_largest_allowed_request_is_answered(bm25, base_url):
+    body = {"queries": QUERIES[:3], "topk": 4}  # 12 passages: exactly max_passages
+    answer = httpx.post(f"{base_url}/retrieve", json=body)
+    assert answer.status_code == 200
+    assert len(answer.json()["result"]) == 3
+
+
+@pytest.fixture(scope="module")
+def impatient_url(bm25):
+    """A server that gives each request head and body 0.5 s."""
+    limits = ServerLimits(request_timeout_s=0.5)
+    app = create_app(bm25, kind="bm25", corpus_size=len(CORPUS), limits=limits)
+    with serve_in_background(app, limits=limits) as url:
+        yield url
+
+
+def _connect(url: str) -> socket.socket:
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    connection = socket.create_connection((host, int(port)))
+    connection.settimeout(30)
+    return connection
+
+
+def _raw_exchange(url: str, sent: bytes) -> bytes:
+    """Send raw bytes; everything the server answers until it closes (socket timeout: 30 s)."""
+    received = b""
+    with _connect(url) as connection:
+        connection.sendall(sent)
+        while chunk := connection.recv(65536):
+            received += chunk
+    return received
+
+
+HEAD_408 = b'{"error": "no complete request head within 0.5 s; closing"}'
+BODY_408 = b"the request body did not arrive within 0.5 s"
+
+
+@pytest.mark.parametrize(
+    ("sent", "complaint"),
+    [
+        (b"", HEAD_408),  # a connection that never sends a request
+        (b"POST /retrieve HTTP/1.1\r\nhost: x\r\n", HEAD_408),  # a head that never ends
+        (b"POST /retrieve HTTP/1.1\r\nhost: x\r\ncontent-length: 9\r\n\r\n{", BODY_408),
+    ],
+)
+def test_an_incomplete_request_gets_408_and_the_connection_closed(impatient_url, sent, complaint):
+    answer = _raw_exchange(impatient_url, sent)
+    assert answer.startswith(b"HTTP/1.1 408 ")
+    assert complaint in answer
+
+
+def test_an_unfinished_head_over_16_kib_gets_uvicorns_400(impatient_url):
+    unfinished = b"GET /health HTTP/1.1\r\nhost: x\r\nx-padding: " + b"a" * 17_000
+    answer = _raw_exchange(impatient_url, unfinished)
+    assert answer.startswith(b"HTTP/1.1 400 ")
+    assert answer.endswith(b"Invalid HTTP request received.")
+
+
+def test_a_keep_alive_connection_gets_the_head_deadline_again(impatient_url):
+    request = b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n"
+    answer = _raw_exchange(impatient_url, request + b"GET /health HTTP/1.1\r\n")
+    assert answer.startswith(b"HTTP/1.1 200 ")
+    assert answer.count(b"HTTP/1.1 ") == 2
+    assert HEAD_408 in answer
+
+
+def test_connections_over_the_limit_get_503(bm25):
+    limits = ServerLimits(max_connections=3)
+    app = create_app(bm25, kind="bm25", corpus_size=len(CORPUS), limits=limits)
+    with serve_in_background(app, limits=limits) as url:
+        idle = [_connect(url) for _ in range(3)]
+        busy = httpx.get(f"{url}/health")
+        for connection in idle:
+            connection.close()
+        served = httpx.get(f"{url}/health")
+    assert busy.status_code == 503
+    assert served.status_code == 200
+
+
 def test_concurrent_clients_all_succeed(bm25, base_url):
     expected = bm25.search(QUERIES, k=3)
     client = HTTPRetriever(f"{base_url}/retrieve", timeout_s=10)
@@ -140,6 +232,70 @@ def test_backend_failure_is_a_500_with_the_reason(bm25):
         response = httpx.post(f"{url}/retrieve", json={"query": "Bergen"})
     assert response.status_code == 500
     assert "RetrieverUnavailable" in response.json()["error"]
+
+
+# ---------------------------------------------------------------- batches over the server's limits
+
+HARBOUR = "Bergen is a harbour city on the west coast of Norway."
+EXAMPLE = QAExample("q", "Which city is a harbour on the west coast of Norway?", ("Bergen",), "t")
+
+
+@pytest.fixture(scope="module")
+def default_limits_url(bm25):
+    """A server with the CLI's default limits (1,024 queries per request)."""
+    with serve_in_background(create_app(bm25, kind="bm25", corpus_size=len(CORPUS))) as url:
+        yield url
+
+
+def _search_env(url: str) -> SearchQAEnv:
+    return SearchQAEnv(SearchTool(HTTPRetriever(f"{url}/retrieve", timeout_s=10), timeout_s=30))
+
+
+def test_a_round_of_1025_searches_all_succeed(default_limits_url):
+    env = _search_env(default_limits_url)
+    states = [env.reset(EXAMPLE)] * 1025
+    outcomes = env.step_batch(states, ["<search>Bergen harbour</search>"] * 1025)
+    assert [outcome.info["problem"] for outcome in outcomes] == [None] * 1025
+    assert all(HARBOUR in outcome.observation for outcome in outcomes)
+    assert {outcome.state.tool_calls for outcome in outcomes} == {1}
+
+
+def test_a_query_with_a_lone_surrogate_fails_alone(default_limits_url):
+    env = _search_env(default_limits_url)
+    texts = ["<search>Bergen harbour</search>", "<search>\ud800 X</search>"]
+    texts.append("<search>Rhine</search>")
+    outcomes = env.step_batch([env.reset(EXAMPLE)] * 3, texts)
+    assert [outcome.info["problem"] for outcome in outcomes] == [None, "search_failed", None]
+    assert outcomes[1].info["tool_failed"]
+    assert MESSAGES["search_failed"] in outcomes[1].observation
+    assert HARBOUR in outcomes[0].observation
+    assert "The Rhine flows from the Alps" in outcomes[2].observation
+
+
+def test_client_reads_the_server_limits_from_health(bm25):
+    limits = ServerLimits(max_queries=5, max_passages=8)
+    with serve_in_background(create_app(bm25, kind="bm25", corpus_size=6, limits=limits)) as url:
+        client = HTTPRetriever(f"{url}/retrieve")
+        assert client.batch_limit(1) == 5  # max_queries binds
+        assert client.batch_limit(3) == 2  # 8 passages // 3 per query
+        assert client.search(QUERIES * 3, k=3) == bm25.search(QUERIES * 3, k=3)
+
+
+def test_client_splits_a_batch_the_server_refuses_with_413(bm25, base_url):
+    client = HTTPRetriever(f"{base_url}/retrieve", max_batch=1000)  # believes in a larger limit
+    queries = QUERIES * 3  # 12 queries; LIMITS takes 4 per request
+    assert client.search(queries, k=2) == bm25.search(queries, k=2)
+
+
+def test_a_query_the_server_refuses_alone_fails_alone(bm25, base_url):
+    client = HTTPRetriever(f"{base_url}/retrieve", max_batch=1000)
+    queries = [QUERIES[0], "Bergen " * 20, QUERIES[1]]  # the middle one is over 60 characters
+    with pytest.raises(QueriesRejected) as rejected:
+        client.search(queries, k=3)
+    assert set(rejected.value.reasons) == {1}
+    assert "query 0 has 140 characters" in rejected.value.reasons[1]
+    expected = bm25.search([QUERIES[0], QUERIES[1]], k=3)
+    assert rejected.value.results == [expected[0], None, expected[1]]
 
 
 # ---------------------------------------------------------------- CLI
@@ -174,11 +330,47 @@ def test_cli_refuses_an_index_built_from_another_corpus(tmp_path):
         )
 
 
+def test_cli_refuses_an_index_holding_a_file_of_another_index(tmp_path):
+    BM25Retriever(CORPUS).save(tmp_path / "index")
+    BM25Retriever(CORPUS[:3] + CORPUS[:2:-1]).save(tmp_path / "other")  # same size, other order
+    vocab = tmp_path / "index" / "bm25s" / "vocab.index.json"
+    vocab.write_bytes((tmp_path / "other" / "bm25s" / "vocab.index.json").read_bytes())
+    with pytest.raises(ValueError) as refused:  # run() turns it into SystemExit("at2po …: …")
+        retriever_cli.build_retriever(_serve_args("--index", str(tmp_path / "index")))
+    message = str(refused.value)
+    assert message.startswith(f"{vocab} is not the file this index was saved with")
+    assert "\n" not in message
+
+
 def test_cli_without_corpus_or_index_says_what_is_missing(tmp_path):
     with pytest.raises(SystemExit, match="--corpus is required"):
         retriever_cli.run(_serve_args("--index", str(tmp_path / "empty")))
     with pytest.raises(SystemExit, match="does not exist"):
         retriever_cli.run(_serve_args("--corpus", str(tmp_path / "absent.jsonl")))
+
+
+def test_cli_refuses_a_port_out_of_range_in_one_line(tmp_path):
+    write_corpus(CORPUS, tmp_path / "corpus.jsonl")
+    args = _serve_args("--corpus", str(tmp_path / "corpus.jsonl"), "--port", "99999")
+    with pytest.raises(SystemExit) as refused:
+        retriever_cli.run(args)
+    assert str(refused.value) == (
+        "at2po retriever serve: port 99999 is out of range; give a port from 1 to 65535 "
+        "(0: any free)"
+    )
+
+
+def test_cli_refuses_a_port_in_use_before_building_the_index(tmp_path):
+    index = tmp_path / "index"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        args = _serve_args("--corpus", str(tmp_path / "absent.jsonl"), "--index", str(index))
+        args.port = port
+        with pytest.raises(SystemExit, match=f"cannot listen on 127.0.0.1:{port} .*free port"):
+            retriever_cli.run(args)
+    assert not index.exists()
 
 
 def _free_port() -> int:

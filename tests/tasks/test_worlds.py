@@ -364,6 +364,22 @@ def test_cli_generate_writes_the_files(tmp_path, capsys):
     assert "train: 30 questions" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize(
+    ("sizes", "complaint"),
+    [
+        (["--n-train", "1000000000"], "ask for 1,000,001,500 questions; at most 1,000,000"),
+        (["--n-train", "999000", "--n-dev", "1001"], "ask for 1,001,001 questions"),
+    ],
+)
+def test_cli_generate_refuses_absurd_sizes_before_starting(tmp_path, sizes, complaint):
+    out = tmp_path / "worlds"
+    with pytest.raises(SystemExit) as refused:
+        cli_main(["worlds", "generate", "--out", str(out), *sizes])
+    assert str(refused.value).startswith("at2po worlds generate: --n-train ")
+    assert complaint in str(refused.value)
+    assert not out.exists()
+
+
 # ---------------------------------------------------------------- shared-name worlds (the default)
 def test_shared_worlds_draw_every_name_word_from_the_inventory():
     inventory = set(name_inventory())

@@ -50,12 +50,31 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument(
         "--max-query-chars", type=int, default=2000, help="longest query, in characters (2000)"
     )
+    serve.add_argument(
+        "--max-passages",
+        type=int,
+        default=10_240,
+        help="most passages in one response, queries × topk (10240)",
+    )
+    serve.add_argument(
+        "--request-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="time a client has to send a request's head, and again its body (10)",
+    )
+    serve.add_argument(
+        "--max-connections",
+        type=int,
+        default=128,
+        help="open connections beyond which requests get 503 (128)",
+    )
     serve.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Build or load the retriever, then serve until interrupted."""
-    from at2po.tasks.retrieval.server import ServerLimits, create_app, run_server
+    from at2po.tasks.retrieval.server import ServerLimits, create_app, open_listener, run_server
 
     try:
         limits = ServerLimits(
@@ -63,13 +82,18 @@ def run(args: argparse.Namespace) -> int:
             topk_max=args.topk_max,
             max_queries=args.max_queries,
             max_query_chars=args.max_query_chars,
+            max_passages=args.max_passages,
+            request_timeout_s=args.request_timeout,
+            max_connections=args.max_connections,
         )
+        listener = open_listener(args.host, args.port)  # before a slow build: fail fast
         retriever, corpus_size = build_retriever(args)
     except (OSError, ValueError, ImportError) as error:
         raise SystemExit(f"at2po retriever serve: {error}") from error
     app = create_app(retriever, kind=args.retriever, corpus_size=corpus_size, limits=limits)
-    print(f"serving {corpus_size} documents ({args.retriever}) at http://{args.host}:{args.port}")
-    run_server(app, host=args.host, port=args.port)
+    port = listener.getsockname()[1]
+    print(f"serving {corpus_size} documents ({args.retriever}) at http://{args.host}:{port}")
+    run_server(app, listener, limits=limits)
     return 0
 
 

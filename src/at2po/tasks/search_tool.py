@@ -10,6 +10,10 @@ for the agent, never an exception:
     no passage found                 error="no_results"
     retriever raised or returned a malformed answer on every attempt   error="search_failed"
     retriever did not answer within timeout_s on the last attempt      error="search_timeout"
+    retriever refused this query alone (``QueryFailures``)             error="search_failed"
+
+A retriever that raises :class:`~at2po.tasks.retrieval.base.QueryFailures` answered the other
+queries of the batch: they get their passages and only the refused ones fail (not retried).
 
 Each retriever call runs in its own daemon thread and is abandoned after ``timeout_s``, so a hung
 retriever cannot block an episode (nor the interpreter's exit). A batch makes ``1 + retries``
@@ -28,7 +32,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import TypeVar
 
-from at2po.tasks.retrieval.base import Passage, Retriever
+from at2po.tasks.retrieval.base import Passage, QueryFailures, Retriever
 
 _log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -117,9 +121,9 @@ class SearchTool:
         to_search = [i for i, outcome in enumerate(outcomes) if outcome is None]
         if to_search:
             found = self._search_with_retries([cleaned[i] for i in to_search])
-            for position, i in enumerate(to_search):
-                failed = isinstance(found, str)
-                outcomes[i] = _failure(found) if failed else self._outcome(found[position])
+            for i, passages in zip(to_search, found, strict=True):
+                failed = isinstance(passages, str)
+                outcomes[i] = _failure(passages) if failed else self._outcome(passages)
         return [outcome for outcome in outcomes if outcome is not None]
 
     def format_passages(self, passages: Sequence[Passage]) -> str:
@@ -149,8 +153,9 @@ class SearchTool:
         text = self.format_passages(passages)
         return ToolOutcome(text, ok=True) if text else _failure("no_results")
 
-    def _search_with_retries(self, queries: list[str]) -> list[list[Passage]] | str:
-        """Passages per query, or the error code of the last attempt when every attempt failed."""
+    def _search_with_retries(self, queries: list[str]) -> list[list[Passage] | str]:
+        """Per query its passages, or an error code: the last attempt's for every query when
+        every attempt failed, ``search_failed`` for a query the retriever refused alone."""
 
         def search() -> list[list[Passage]]:
             return self.retriever.search(queries, self.topk)
@@ -161,13 +166,25 @@ class SearchTool:
                 time.sleep(self.retry_delay_s)
             try:
                 return _checked(_call_with_timeout(search, self.timeout_s), len(queries))
+            except QueryFailures as failures:
+                _log.warning("retriever refused some queries: %s", failures)
+                return _answered_or_failed(failures, len(queries))
             except _SearchTimeout:
                 error = "search_timeout"
                 _log.warning("retriever gave no answer within %.1f s", self.timeout_s)
             except Exception as failure:
                 error = "search_failed"
                 _log.warning("retriever failed (attempt %d): %s", attempt + 1, failure)
-        return error
+        return [error] * len(queries)
+
+
+def _answered_or_failed(failures: QueryFailures, n_queries: int) -> list[list[Passage] | str]:
+    """The passages of the answered queries of a partly failed batch, ``search_failed`` for the
+    refused ones (and for every query when the partial answer is malformed)."""
+    results = failures.results
+    if not isinstance(results, list) or len(results) != n_queries:
+        results = [None] * n_queries
+    return [passages if _is_passage_list(passages) else "search_failed" for passages in results]
 
 
 def _failure(error: str, **fields: int) -> ToolOutcome:
@@ -195,9 +212,13 @@ def _checked(result: object, n_queries: int) -> list[list[Passage]]:
     """The retriever's answer if it has one list of passages per query, else ValueError."""
     if not isinstance(result, list) or len(result) != n_queries:
         raise ValueError(f"retriever returned {type(result).__name__} for {n_queries} queries")
-    for passages in result:
-        if not isinstance(passages, list) or not all(
-            isinstance(getattr(p, "contents", None), str) for p in passages
-        ):
-            raise ValueError("retriever returned something other than lists of passages")
+    if not all(_is_passage_list(passages) for passages in result):
+        raise ValueError("retriever returned something other than lists of passages")
     return result
+
+
+def _is_passage_list(passages: object) -> bool:
+    """True for a list whose items all have a ``contents`` string, as passages do."""
+    return isinstance(passages, list) and all(
+        isinstance(getattr(p, "contents", None), str) for p in passages
+    )

@@ -5,11 +5,12 @@ the ``dense`` extra, imported on demand), and a client of a Search-R1 ``/retriev
 (:class:`HTTPRetriever`); ``at2po.tasks.retrieval.server`` is such a server.
 """
 
-from at2po.tasks.retrieval.base import Passage, Retriever
+from at2po.tasks.retrieval.base import Passage, QueryFailures, Retriever
 from at2po.tasks.retrieval.bm25 import BM25Retriever
 from at2po.tasks.retrieval.corpus import Document, load_corpus, write_corpus
 from at2po.tasks.retrieval.http_client import (
     HTTPRetriever,
+    QueriesRejected,
     RetrievalError,
     RetrievalRejected,
     RetrieverUnavailable,
@@ -20,6 +21,8 @@ __all__ = [
     "Document",
     "HTTPRetriever",
     "Passage",
+    "QueriesRejected",
+    "QueryFailures",
     "RetrievalError",
     "RetrievalRejected",
     "Retriever",

@@ -23,6 +23,20 @@ class Retriever(Protocol):
     def search(self, queries: Sequence[str], k: int) -> list[list[Passage]]: ...
 
 
+class QueryFailures(RuntimeError):
+    """Some queries of a batch failed, each for a reason of its own; the others were answered.
+
+    ``results`` holds one entry per query, in order: its passages, or None where it failed.
+    ``reasons`` maps the position of each failed query to why it failed. Raised instead of
+    returning, so a caller that does not look for it never mistakes a failure for "no passages".
+    """
+
+    def __init__(self, message: str, results: list[list[Passage] | None], reasons: dict[int, str]):
+        super().__init__(message)
+        self.results = results
+        self.reasons = reasons
+
+
 def check_search_args(queries: Sequence[str], k: int) -> None:
     """The argument checks every :meth:`Retriever.search` starts with."""
     if isinstance(queries, str):
