@@ -1,9 +1,10 @@
 """What resume promises (docs/training.md, "What resume promises"), one test per promise.
 
 A run is resumed from its newest usable checkpoint and continues exactly: the metrics and the final
-weights equal those of the run never interrupted. A damaged newest checkpoint is skipped, named and
-deleted; a torn last metrics line is dropped; leftovers of an interrupted save are removed; a
-directory with no run, or with no usable checkpoint, is refused and left as it was.
+weights equal those of the run never interrupted, also after SIGKILLs at random points and inside a
+checkpoint save. A damaged newest checkpoint is skipped, named and deleted; a torn last metrics line
+is dropped; leftovers of an interrupted save are removed; a directory with no usable checkpoint is
+refused and left as it was (no run at all, and bad ``--out`` paths: ``test_cli.py``).
 """
 
 from __future__ import annotations
@@ -23,20 +24,21 @@ from rich.console import Console
 from safetensors.torch import load_file
 from train_helpers import MOVING, fast_overrides, run_cli
 
-from at2po.train.checkpoint import list_checkpoints
+from at2po.train.checkpoint import list_checkpoints, newest_usable_checkpoint
 from at2po.train.config import load_config
 from at2po.train.run_dir import read_metrics
 from at2po.train.trainer import Trainer
 
 
 def _overrides(policy: Path, out: Path) -> list[str]:
-    """Four steps, checkpoints at steps 2 and 4, both kept."""
+    """Four steps, evaluated at steps 2 and 4, a checkpoint after each step, the last two kept."""
     return [
         *fast_overrides(policy, out),
         *MOVING,
         "train.steps=4",
-        "train.save_every=2",
-        "train.keep_last=5",
+        "train.eval_every=2",
+        "train.save_every=1",
+        "train.keep_last=2",
     ]
 
 
@@ -60,13 +62,14 @@ def _weights(checkpoint: Path) -> dict[str, torch.Tensor]:
     return load_file(checkpoint / "model.safetensors")
 
 
-def _assert_same_run(run: Path, whole: Path, last: str) -> None:
-    """Every metric of every step and the weights of checkpoint ``last`` equal ``whole``'s."""
+def _assert_same_run(run: Path, whole: Path) -> None:
+    """Every metric of every step and the final weights equal ``whole``'s."""
     resumed, expected = _metrics(run), _metrics(whole)
-    assert [r["step"] for r in resumed] == [r["step"] for r in expected]
+    assert [r["step"] for r in resumed] == [0, 1, 2, 3, 4]
     assert resumed == expected
-    assert resumed[3]["policy/grad_norm"] > 0  # the weights really moved after the checkpoint
-    ours, theirs = _weights(run / "checkpoints" / last), _weights(whole / "checkpoints" / last)
+    assert resumed[4]["policy/grad_norm"] > 0  # the weights really moved after the checkpoint
+    last = Path("checkpoints") / "step_000004"
+    ours, theirs = _weights(run / last), _weights(whole / last)
     assert ours.keys() == theirs.keys()
     assert all(torch.equal(ours[name], theirs[name]) for name in theirs)
 
@@ -79,24 +82,40 @@ def _resume(policy: Path, run: Path) -> str:
     return printed.getvalue()
 
 
-def _copy_cut_after_step_3(whole: Path, copy: Path) -> list[str]:
-    """``whole`` as a run killed during step 4 leaves it: checkpoints up to step 2, metrics up to
-    step 3; returns the metrics lines of ``whole``."""
-    shutil.copytree(whole, copy)
-    shutil.rmtree(copy / "checkpoints" / "step_000004")
-    lines = (whole / "metrics.jsonl").read_text().splitlines(keepends=True)
-    (copy / "metrics.jsonl").write_text("".join(lines[:4]))
-    return lines
-
-
-def test_resuming_from_a_checkpoint_reproduces_the_rest_of_the_run(
+def test_a_run_resumes_exactly_and_drops_a_torn_last_metrics_line(
     tiny_policy_dir, whole_run, tmp_path
 ):
-    cut = tmp_path / "cut"
-    _copy_cut_after_step_3(whole_run, cut)
-    printed = _resume(tiny_policy_dir, cut)
-    assert f"resuming from step 2 (checkpoint {cut / 'checkpoints' / 'step_000002'})" in printed
-    _assert_same_run(cut, whole_run, "step_000004")
+    """The files a run killed while writing step 4's metrics line leaves behind: checkpoint 3,
+    metrics up to step 3 and half of step 4's line, without its newline."""
+    run = tmp_path / "run"
+    shutil.copytree(whole_run, run)
+    shutil.rmtree(run / "checkpoints" / "step_000004")
+    lines = (whole_run / "metrics.jsonl").read_text().splitlines(keepends=True)
+    (run / "metrics.jsonl").write_text("".join(lines[:4]) + lines[4][: len(lines[4]) // 2])
+    printed = _resume(tiny_policy_dir, run)
+    assert f"{run / 'metrics.jsonl'} ends in a partial line" in printed and "dropped" in printed
+    assert f"resuming from step 3 (checkpoint {run / 'checkpoints' / 'step_000003'})" in printed
+    _assert_same_run(run, whole_run)
+
+
+def test_a_damaged_newest_checkpoint_and_a_save_leftover_are_named_and_removed(
+    tiny_policy_dir, whole_run, tmp_path
+):
+    """Every metrics line kept (0..4), the step-4 checkpoint's weights emptied and a building
+    directory of an interrupted save left behind: the run resumes from step 3, says which
+    checkpoint it skipped and why and what it removed, and ends as the uninterrupted run did."""
+    run = tmp_path / "run"
+    shutil.copytree(whole_run, run)
+    damaged = run / "checkpoints" / "step_000004"
+    leftover = run / "checkpoints" / ".step_000005-building-k3j2"
+    shutil.copytree(damaged, leftover)
+    (damaged / "model.safetensors").write_bytes(b"")
+    printed = _resume(tiny_policy_dir, run)
+    lines = [line for line in printed.splitlines() if str(damaged) in line]
+    assert len(lines) == 1 and "damaged" in lines[0] and "model.safetensors" in lines[0]
+    assert f"removed {leftover}" in printed and not leftover.exists()
+    assert f"resuming from step 3 (checkpoint {run / 'checkpoints' / 'step_000003'})" in printed
+    _assert_same_run(run, whole_run)
 
 
 def _truncate(path: Path) -> None:
@@ -109,54 +128,21 @@ DAMAGE = {
     "truncated optimizer.pt": ("optimizer.pt", _truncate),
     "truncated trainer_state.json": ("trainer_state.json", _truncate),
     "missing trainer_state.json": ("trainer_state.json", Path.unlink),
+    "truncated tokenizer.json": ("tokenizer.json", _truncate),
 }
 
 
 @pytest.mark.parametrize("damage", DAMAGE)
-def test_a_damaged_newest_checkpoint_is_skipped_named_and_replaced(
-    tiny_policy_dir, whole_run, tmp_path, damage
-):
-    """Every metrics line kept (0..4), the step-4 checkpoint damaged: the run resumes from step 2,
-    says which checkpoint it skipped and why, and ends as the uninterrupted run did."""
-    run = tmp_path / "run"
-    shutil.copytree(whole_run, run)
+def test_a_damaged_checkpoint_is_passed_over_with_the_file_named(whole_run, tmp_path, damage):
+    checkpoints = tmp_path / "checkpoints"
+    shutil.copytree(whole_run / "checkpoints", checkpoints)
     name, spoil = DAMAGE[damage]
-    damaged = run / "checkpoints" / "step_000004"
-    spoil(damaged / name)
-    printed = _resume(tiny_policy_dir, run)
-    lines = [line for line in printed.splitlines() if str(damaged) in line]
-    assert len(lines) == 1 and "damaged" in lines[0] and name in lines[0]
-    assert f"resuming from step 2 (checkpoint {run / 'checkpoints' / 'step_000002'})" in printed
-    _assert_same_run(run, whole_run, "step_000004")
-
-
-def test_a_torn_last_metrics_line_is_dropped_with_a_warning(tiny_policy_dir, whole_run, tmp_path):
-    """A kill while step 4's metrics line was being written leaves half of it, no newline."""
-    run = tmp_path / "run"
-    lines = _copy_cut_after_step_3(whole_run, run)
-    torn = lines[4][: len(lines[4]) // 2]
-    with (run / "metrics.jsonl").open("a") as metrics:
-        metrics.write(torn)
-    printed = _resume(tiny_policy_dir, run)
-    assert f"{run / 'metrics.jsonl'} ends in a partial line" in printed and "dropped" in printed
-    _assert_same_run(run, whole_run, "step_000004")
-
-
-def test_leftovers_of_an_interrupted_save_are_removed_and_named(
-    tiny_policy_dir, whole_run, tmp_path
-):
-    run = tmp_path / "run"
-    shutil.copytree(whole_run, run)
-    leftover = run / "checkpoints" / ".step_000005-building-k3j2"
-    shutil.copytree(run / "checkpoints" / "step_000004", leftover)
-    (leftover / "trainer_state.json").unlink()
-    printed = _resume(tiny_policy_dir, run)  # the run had ended: nothing more is trained
-    assert not leftover.exists()
-    assert f"removed {leftover}" in printed
-    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
-        "step_000002",
-        "step_000004",
-    ]
+    spoil(checkpoints / "step_000004" / name)
+    usable, skipped = newest_usable_checkpoint(checkpoints)
+    assert usable is not None and usable.path == checkpoints / "step_000003"
+    assert usable.state["step"] == 3
+    assert [path for path, _ in skipped] == [checkpoints / "step_000004"]
+    assert skipped[0][1].startswith(name)
 
 
 def _snapshot(run: Path) -> dict[str, bytes]:
@@ -169,13 +155,13 @@ def test_resume_without_a_usable_checkpoint_refuses_and_changes_nothing(
     run = tmp_path / "run"
     shutil.copytree(whole_run, run)
     (run / "checkpoints" / "step_000004" / "optimizer.pt").write_bytes(b"")
-    (run / "checkpoints" / "step_000002" / "trainer_state.json").unlink()
+    (run / "checkpoints" / "step_000003" / "trainer_state.json").unlink()
     before = _snapshot(run)
     with pytest.raises(SystemExit) as exit_info:
         run_cli("train", "at2po", *_overrides(tiny_policy_dir, run), "--resume")
     message = str(exit_info.value)
     assert f"{run} has no usable checkpoint" in message and "\n" not in message
-    assert "step_000004: optimizer.pt" in message and "step_000002: trainer_state.json" in message
+    assert "step_000004: optimizer.pt" in message and "step_000003: trainer_state.json" in message
     assert f"delete {run}" in message
     assert _snapshot(run) == before
 
@@ -231,22 +217,13 @@ def _kill_after_next_checkpoint(command: list[str], run: Path, delay: float) -> 
     return child.communicate()[1]
 
 
-def test_a_run_killed_at_random_points_resumes_exactly(tiny_policy_dir, tmp_path):
-    """As in real use, each run its own process: an uninterrupted run, and the same run SIGKILLed
-    first inside the save of its step-2 checkpoint, then twice at seeded random moments after a
-    resume has written its next checkpoint, each time continued by ``--resume``, which finishes it.
-    Its metrics and final weights equal the uninterrupted run's."""
-    overrides = [
-        *fast_overrides(tiny_policy_dir, tmp_path / "unused"),
-        *MOVING,
-        "train.steps=6",
-        "train.save_every=1",
-        "train.eval_every=2",
-        "train.keep_last=1",
-    ]
-    whole, killed = tmp_path / "whole", tmp_path / "killed"
-    subprocess.run(_train(*overrides, f"out_dir={whole}"), check=True)
-    run = [*overrides, f"out_dir={killed}"]
+def test_a_run_killed_at_random_points_resumes_exactly(tiny_policy_dir, whole_run, tmp_path):
+    """As in real use, each its own process: the run of ``whole_run`` SIGKILLed inside the save of
+    its step-2 checkpoint, then twice at a seeded random moment after a resume has written its next
+    checkpoint, each time continued by ``--resume``, which finishes it. Its metrics and final
+    weights equal the uninterrupted run's."""
+    killed = tmp_path / "killed"
+    run = _overrides(tiny_policy_dir, killed)
 
     died = subprocess.run(_train(*run, die_in_save="step_000002"))
     assert died.returncode == -signal.SIGKILL
@@ -256,13 +233,19 @@ def test_a_run_killed_at_random_points_resumes_exactly(tiny_policy_dir, tmp_path
     leftover = killed / "checkpoints" / names[0]
 
     rng = random.Random(CHAOS_SEED)
-    printed = [_kill_after_next_checkpoint(_train(*run, "--resume"), killed, rng.uniform(0, 2))]
-    assert f"removed {leftover}" in printed[0]
-    printed.append(_kill_after_next_checkpoint(_train(*run, "--resume"), killed, rng.uniform(0, 2)))
+    printed = [
+        _kill_after_next_checkpoint(_train(*run, "--resume"), killed, rng.uniform(0, 2))
+        for _ in range(2)
+    ]
     final = subprocess.run(_train(*run, "--resume"), stderr=subprocess.PIPE, text=True, check=True)
     printed.append(final.stderr)
 
-    assert "resuming from step 1 (checkpoint" in printed[0]
-    assert all("resuming from step" in text for text in printed)
-    assert [p.name for p in (killed / "checkpoints").iterdir()] == ["step_000006"]
-    _assert_same_run(killed, whole, "step_000006")
+    assert f"removed {leftover}" in printed[0]
+    first = killed / "checkpoints" / "step_000001"
+    assert f"resuming from step 1 (checkpoint {first})" in printed[0]
+    assert all("resuming from step" in text for text in printed[1:])
+    assert sorted(p.name for p in (killed / "checkpoints").iterdir()) == [
+        "step_000003",
+        "step_000004",
+    ]
+    _assert_same_run(killed, whole_run)
