@@ -326,7 +326,9 @@ class Trainer:
         each."""
         for path, why in damaged:
             shutil.rmtree(path)
-            self._say(f"checkpoint {path} is damaged ({why}): skipped and deleted")
+            self._say(
+                f"checkpoint {path} is damaged ({why}): skipped and deleted, its steps run again"
+            )
         for path in remove_leftovers(self.run_dir.checkpoints):
             self._say(f"removed {path} (left by a checkpoint save that was interrupted)")
         torn = self.run_dir.keep_metrics_through(self.step)
