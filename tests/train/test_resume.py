@@ -217,6 +217,7 @@ def _kill_after_next_checkpoint(command: list[str], run: Path, delay: float) -> 
     return child.communicate()[1]
 
 
+@pytest.mark.slow
 def test_a_run_killed_at_random_points_resumes_exactly(tiny_policy_dir, whole_run, tmp_path):
     """As in real use, each its own process: the run of ``whole_run`` SIGKILLed inside the save of
     its step-2 checkpoint, then twice at a seeded random moment after a resume has written its next
