@@ -25,7 +25,7 @@ from safetensors.torch import load_file
 from train_helpers import MOVING, fast_overrides, run_cli
 
 from at2po.train.checkpoint import list_checkpoints, newest_usable_checkpoint
-from at2po.train.config import load_config
+from at2po.train.config import ConfigError, load_config
 from at2po.train.run_dir import read_metrics
 from at2po.train.trainer import Trainer
 
@@ -96,6 +96,14 @@ def test_a_run_resumes_exactly_and_drops_a_torn_last_metrics_line(
     assert f"{run / 'metrics.jsonl'} ends in a partial line" in printed and "dropped" in printed
     assert f"resuming from step 3 (checkpoint {run / 'checkpoints' / 'step_000003'})" in printed
     _assert_same_run(run, whole_run)
+
+
+def test_a_bad_metrics_line_before_the_last_is_an_error_naming_it(tmp_path):
+    """Not a kill's doing (a kill tears only the last line), so it is not dropped silently."""
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text('{"step": 0}\n{"step": 1, "loss\n{"step": 2}\n')
+    with pytest.raises(ConfigError, match=f"{metrics} line 2 is not JSON; delete or repair"):
+        read_metrics(metrics)
 
 
 def test_a_damaged_newest_checkpoint_and_a_save_leftover_are_named_and_removed(
