@@ -172,7 +172,7 @@ def save_checkpoint(
 def load_checkpoint(path: Path) -> Checkpoint:
     """The trainer state of the checkpoint at ``path``, once every file a resume reads is known
     to be whole; raises DamagedCheckpoint naming the first file that is not."""
-    check_model_files(path)
+    _check_model_files(path)
     state = _read_state(path / STATE_FILE)
     blob = _read_optimizer(path / OPTIMIZER_FILE)
     return Checkpoint(
@@ -185,7 +185,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
     )
 
 
-def check_model_files(path: Path) -> None:
+def _check_model_files(path: Path) -> None:
     """Raise DamagedCheckpoint unless the model directory ``path`` has weights whose safetensors
     headers match their file sizes and JSON files (config, tokenizer) that parse."""
     weights = sorted(path.glob("*.safetensors"))
