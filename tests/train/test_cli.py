@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import socket
 
 import pytest
-from train_helpers import fast_overrides
+from train_helpers import fast_overrides, run_cli
 
-from at2po.cli.train import add_parser
 from at2po.train.run_dir import read_metrics
-
-
-def run_cli(*argv: str) -> int:
-    parser = argparse.ArgumentParser(prog="at2po")
-    add_parser(parser.add_subparsers())
-    args = parser.parse_args(list(argv))
-    return args.func(args)
 
 
 def free_port() -> int:
@@ -83,6 +74,41 @@ def test_train_then_eval_a_checkpoint_and_refuse_to_overwrite_the_run(
 
     with pytest.raises(SystemExit, match="--resume"):
         run_cli("train", "at2po", *fast_overrides(tiny_policy_dir, run))
-    # resuming a finished run continues nothing and keeps its metrics
+    # resuming a finished run continues nothing, keeps its metrics and says where it resumed
     assert run_cli("train", "at2po", *fast_overrides(tiny_policy_dir, run), "--resume") == 0
     assert [r["step"] for r in read_metrics(run / "metrics.jsonl")] == [0, 1, 2]
+    checkpoint = run / "checkpoints" / "step_000002"
+    assert f"resuming from step 2 (checkpoint {checkpoint})" in capsys.readouterr().err
+
+
+def test_resume_of_a_directory_without_a_run_refuses(tmp_path):
+    """A mistyped ``--out`` with ``--resume`` must not start a new run there."""
+    typo = tmp_path / "rn"
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli("train", "at2po", "--out", str(typo), "--resume")
+    message = str(exit_info.value)
+    assert f"{typo} holds no run" in message and "drop --resume" in message
+    assert "\n" not in message
+    assert not typo.exists()
+
+
+def test_out_naming_a_file_is_refused_and_the_file_kept(tmp_path):
+    existing = tmp_path / "notes.txt"
+    existing.write_text("keep me")
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli("train", "at2po", "--out", str(existing))
+    message = str(exit_info.value)
+    assert f"{existing} is a file" in message and "--out DIR" in message
+    assert "\n" not in message
+    assert existing.read_text() == "keep me"
+
+
+def test_out_that_cannot_be_created_is_refused(tmp_path):
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("keep me")
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli("train", "at2po", "--out", str(blocker / "run"))
+    message = str(exit_info.value)
+    assert f"{blocker / 'run'} cannot be created" in message and f"{blocker} is a file" in message
+    assert "--out DIR" in message and "\n" not in message
+    assert blocker.read_text() == "keep me"

@@ -8,8 +8,10 @@ trainer's plumbing, not learning.
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
+from at2po.cli.train import add_parser
 from at2po.models.tiny import TinyModelConfig, build_tiny_model, tiny_llama_config
 from at2po.models.tokenizer import train_tokenizer
 from at2po.tasks.agent_format import build_prompt_messages
@@ -33,6 +35,11 @@ def build_tiny_policy(directory: Path) -> Path:
     build_tiny_model(config, seed=0).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+# Leaf rewards used as values directly: the random policy always scores −1, so z-scored rewards
+# would be 0 and nothing would move; raw −1 advantages make every step update the weights.
+MOVING = ["credit.leaf_norm=none", "optim.lr=1e-3"]
 
 
 def fast_overrides(model_dir: Path, out_dir: Path) -> list[str]:
@@ -64,3 +71,11 @@ def fast_overrides(model_dir: Path, out_dir: Path) -> list[str]:
         "train.tensorboard=false",
         "optim.micro_batch_tokens=1024",
     ]
+
+
+def run_cli(*argv: str) -> int:
+    """``at2po train / eval / compare`` with ``argv``, in this process."""
+    parser = argparse.ArgumentParser(prog="at2po")
+    add_parser(parser.add_subparsers())
+    args = parser.parse_args(list(argv))
+    return args.func(args)

@@ -34,8 +34,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument(
         "--resume",
         action="store_true",
-        help="continue the run in the run directory from its newest checkpoint (with the "
-        "config saved there, plus any overrides)",
+        help="continue the run in the run directory from its newest usable checkpoint (with the "
+        "config saved there, plus any overrides); refuses a directory with no run or no usable "
+        "checkpoint",
     )
     train.add_argument(
         "--print-config",
@@ -77,7 +78,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--out", default="runs/compare", metavar="DIR", help="output directory (runs/compare)"
     )
     comparison.add_argument(
-        "--resume", action="store_true", help="continue runs that already have a directory"
+        "--resume", action="store_true", help="continue runs whose directories hold a run"
     )
     comparison.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=_OVERRIDES_HELP)
     comparison.set_defaults(func=run_compare)

@@ -10,13 +10,19 @@
                                         the eval metrics of this step
     config.yaml                         the run's resolved config
 
-A checkpoint is written into a hidden temporary directory next to its final place and renamed
-there when complete, so a run killed mid-write leaves the previous checkpoint intact.
+A checkpoint is written into a hidden temporary directory (``.step_000010-building-*``) next to its
+final place and renamed there when complete, so a run killed mid-write leaves the previous
+checkpoint intact; :func:`remove_leftovers` deletes what such a kill leaves behind.
+
+A resume reads the newest checkpoint that loads whole (:func:`newest_usable_checkpoint`): each
+file it reads is checked (weights by their safetensors header, the JSON files by parsing them,
+``optimizer.pt`` by loading it); a damaged one is skipped with the reason, naming the file.
 """
 
 from __future__ import annotations
 
 import json
+import pickle
 import random
 import re
 import shutil
@@ -26,13 +32,21 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError, safe_open
 
 from at2po.models.paths import staged_dir
 
 _NAME = re.compile(r"^step_(\d{6,})$")
+_LEFTOVER = re.compile(r"^\.step_\d{6,}-building-")
 STATE_FILE = "trainer_state.json"
 OPTIMIZER_FILE = "optimizer.pt"
 CONFIG_FILE = "config.yaml"
+_STATE_KEYS = ("step", "generated_tokens", "seconds", "sampler", "rng", "global_rng")
+_OPTIMIZER_KEYS = ("optimizer", "scheduler", "torch_rng", "cuda_rng")
+
+
+class DamagedCheckpoint(Exception):
+    """A checkpoint that cannot be resumed from; the message names the file and what is wrong."""
 
 
 def checkpoint_name(step: int) -> str:
@@ -40,21 +54,41 @@ def checkpoint_name(step: int) -> str:
 
 
 def list_checkpoints(directory: Path) -> list[tuple[int, Path]]:
-    """(step, path) of every complete checkpoint in ``directory``, oldest first."""
+    """(step, path) of every checkpoint directory in ``directory``, oldest first (whole or not:
+    :func:`load_checkpoint` tells)."""
     if not directory.is_dir():
         return []
     found = []
     for path in directory.iterdir():
         match = _NAME.match(path.name)
-        if match and (path / STATE_FILE).is_file():
+        if match and path.is_dir():
             found.append((int(match.group(1)), path))
     return sorted(found)
 
 
-def latest_checkpoint(directory: Path) -> Path | None:
-    """The newest complete checkpoint, or None."""
-    found = list_checkpoints(directory)
-    return found[-1][1] if found else None
+def newest_usable_checkpoint(
+    directory: Path,
+) -> tuple[Checkpoint | None, list[tuple[Path, str]]]:
+    """The newest checkpoint in ``directory`` that loads whole (None if none does), and the path
+    and reason of every newer one skipped as damaged, newest first."""
+    damaged = []
+    for _, path in reversed(list_checkpoints(directory)):
+        try:
+            return load_checkpoint(path), damaged
+        except DamagedCheckpoint as error:
+            damaged.append((path, str(error)))
+    return None, damaged
+
+
+def remove_leftovers(directory: Path) -> list[Path]:
+    """Delete the hidden building directories of saves that were killed before they completed;
+    returns their paths."""
+    if not directory.is_dir():
+        return []
+    leftovers = sorted(p for p in directory.iterdir() if _LEFTOVER.match(p.name))
+    for path in leftovers:
+        shutil.rmtree(path)
+    return leftovers
 
 
 def global_rng_state() -> dict[str, Any]:
@@ -136,14 +170,11 @@ def save_checkpoint(
 
 
 def load_checkpoint(path: Path) -> Checkpoint:
-    """The trainer state of the checkpoint at ``path``."""
-    if not (path / STATE_FILE).is_file():
-        raise FileNotFoundError(
-            f"{path} is not a checkpoint (no {STATE_FILE}); pass a directory "
-            "<run>/checkpoints/step_NNNNNN written by `at2po train`"
-        )
-    state = json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
-    blob = torch.load(path / OPTIMIZER_FILE, map_location="cpu", weights_only=True)
+    """The trainer state of the checkpoint at ``path``, once every file a resume reads is known
+    to be whole; raises DamagedCheckpoint naming the first file that is not."""
+    _check_model_files(path)
+    state = _read_state(path / STATE_FILE)
+    blob = _read_optimizer(path / OPTIMIZER_FILE)
     return Checkpoint(
         path=path,
         state=state,
@@ -152,3 +183,54 @@ def load_checkpoint(path: Path) -> Checkpoint:
         torch_rng=blob["torch_rng"],
         cuda_rng=blob["cuda_rng"],
     )
+
+
+def _check_model_files(path: Path) -> None:
+    """Raise DamagedCheckpoint unless the model directory ``path`` has weights whose safetensors
+    headers match their file sizes and JSON files (config, tokenizer) that parse."""
+    weights = sorted(path.glob("*.safetensors"))
+    if not weights:
+        raise DamagedCheckpoint("model.safetensors is missing")
+    for file in weights:
+        try:
+            with safe_open(file, framework="pt"):
+                pass
+        except (SafetensorError, OSError) as error:
+            raise DamagedCheckpoint(
+                f"{file.name} is not a whole safetensors file ({error})"
+            ) from None
+    for file in sorted(path.glob("*.json")):
+        _read_json(file)
+
+
+def _read_json(file: Path) -> Any:
+    try:
+        return json.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DamagedCheckpoint(f"{file.name} is missing") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise DamagedCheckpoint(f"{file.name} is not valid JSON ({error})") from None
+
+
+def _read_state(file: Path) -> dict[str, Any]:
+    """``trainer_state.json``, with every key a resume reads."""
+    state = _read_json(file)
+    missing = [k for k in _STATE_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise DamagedCheckpoint(f"{file.name} lacks {', '.join(missing)}")
+    return state
+
+
+def _read_optimizer(file: Path) -> dict[str, Any]:
+    """``optimizer.pt``: optimizer, scheduler and torch RNG states."""
+    if not file.is_file():
+        raise DamagedCheckpoint(f"{file.name} is missing")
+    try:
+        blob = torch.load(file, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as error:
+        reason = str(error).split(". ")[0].splitlines()[0] if str(error) else "empty file"
+        raise DamagedCheckpoint(f"{file.name} cannot be read ({reason})") from None
+    missing = [k for k in _OPTIMIZER_KEYS if not isinstance(blob, dict) or k not in blob]
+    if missing:
+        raise DamagedCheckpoint(f"{file.name} lacks {', '.join(missing)}")
+    return blob

@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from at2po.train.config import ConfigError, load_config
+from at2po.train.run_dir import RunDir
 from at2po.train.task import Task, build_task
 from at2po.train.trainer import Trainer, TrainResult
 
@@ -60,7 +61,7 @@ def compare(
             tasks[key] = build_task(cfg.task)
         console.rule(f"{preset} · seed {seed}")
         trainer = Trainer(
-            cfg, resume=resume and cfg.run_dir.exists(), task=tasks[key], console=console
+            cfg, resume=resume and RunDir(cfg.run_dir).holds_run(), task=tasks[key], console=console
         )
         runs.append(CompareRun(preset, seed, trainer.train()))
     write_results(runs, out_dir)

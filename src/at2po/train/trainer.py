@@ -13,14 +13,19 @@ Each step (:mod:`at2po.train.step`) is logged as one metrics record; the held-ou
 The run ends after ``train.steps`` steps or once ``train.token_budget`` generated tokens are
 spent, whichever comes first.
 
-Resume continues from the newest checkpoint with the weights, optimizer, scheduler, prompt
+Resume continues from the newest usable checkpoint with the weights, optimizer, scheduler, prompt
 sampler, every RNG and the counters it saved; the steps after it are run again and their metrics
-equal those of a run that was never interrupted (``perf/*`` timings aside).
+equal those of a run that was never interrupted (``perf/*`` timings aside). It says where it
+resumes from and everything it mends on the way: newer checkpoints skipped as damaged (deleted:
+their steps run again), a torn last metrics line, leftovers of an interrupted save. A run
+directory with no run, or no usable checkpoint, is refused before anything in it changes
+(docs/training.md, "What resume promises").
 """
 
 from __future__ import annotations
 
 import random
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,10 +38,11 @@ from at2po.rollout.codec import Codec
 from at2po.rollout.evaluate import evaluate
 from at2po.tasks.datasets import QAExample
 from at2po.train.checkpoint import (
+    Checkpoint,
     global_rng_state,
-    latest_checkpoint,
-    load_checkpoint,
+    newest_usable_checkpoint,
     random_state,
+    remove_leftovers,
     save_checkpoint,
     set_global_rng_state,
     set_random_state,
@@ -107,18 +113,17 @@ class Trainer:
         self.console = console or Console(stderr=True)
         self.run_dir = RunDir(cfg.run_dir)
         self.run_dir.check(resume)
-        checkpoint_path = latest_checkpoint(self.run_dir.checkpoints) if resume else None
+        checkpoint, damaged = self._resume_point() if resume else (None, [])
         initial_dir = None
-        if checkpoint_path is None or cfg.loss.uses_reference:
+        if checkpoint is None or cfg.loss.uses_reference:
             initial_dir = model_directory(cfg.model)
         set_threads(cfg.model)
         self.task = task or build_task(cfg.task)
         self.train_examples = self.task.split("train")
         self.eval_examples = self.task.split(cfg.train.eval_split)[: cfg.train.eval_size]
         self.novel_examples = self.task.splits.get("novel", [])[: cfg.train.eval_size]
-        self.run_dir.root.mkdir(parents=True, exist_ok=True)
 
-        policy_dir = checkpoint_path or initial_dir
+        policy_dir = checkpoint.path if checkpoint else initial_dir
         self.tokenizer = load_tokenizer(policy_dir)
         self.model = load_model(policy_dir, cfg.model)
         reference = None
@@ -147,9 +152,11 @@ class Trainer:
         self.generated_tokens = 0
         self.seconds = 0.0
         resume_step = None
-        if resume:
-            resume_step = self._restore(checkpoint_path) if checkpoint_path else -1
-        self.run_dir.config.write_text(cfg.to_yaml(), encoding="utf-8")
+        if checkpoint is not None:
+            resume_step = self._restore(checkpoint)
+            self._mend_run(checkpoint, damaged)
+        self.run_dir.root.mkdir(parents=True, exist_ok=True)
+        self.run_dir.write_config(cfg.to_yaml())
         self._sinks: list[MetricSink] = open_sinks(self.run_dir, cfg, resume_step)
 
     # ------------------------------------------------------------------------------ the loop
@@ -277,14 +284,27 @@ class Trainer:
             self.cfg.train.keep_last,
         )
 
-    def _restore(self, path: Path) -> int:
-        """Load the trainer state of the checkpoint at ``path`` (its weights are already loaded);
-        returns its step."""
-        checkpoint = load_checkpoint(path)
+    def _resume_point(self) -> tuple[Checkpoint, list[tuple[Path, str]]]:
+        """The newest usable checkpoint of the run and the newer ones skipped as damaged (path,
+        reason); a ConfigError when there is none, before anything is changed."""
+        checkpoint, damaged = newest_usable_checkpoint(self.run_dir.checkpoints)
+        if checkpoint is None:
+            found = "; ".join(f"{path.name}: {why}" for path, why in damaged) or "none saved"
+            root = self.run_dir.root
+            raise ConfigError(
+                f"--resume: {root} has no usable checkpoint ({found}); nothing was changed. To "
+                f"train the run again from step 0, delete {root} or pass another --out without "
+                "--resume"
+            )
+        return checkpoint, damaged
+
+    def _restore(self, checkpoint: Checkpoint) -> int:
+        """Load the trainer state of ``checkpoint`` (its weights are already loaded); returns its
+        step."""
         state = checkpoint.state
         if state["step"] > self.cfg.train.steps:
             raise ConfigError(
-                f"the checkpoint {path} is at step {state['step']}, past train.steps="
+                f"the checkpoint {checkpoint.path} is at step {state['step']}, past train.steps="
                 f"{self.cfg.train.steps}; raise train.steps to continue the run"
             )
         self.runner.optimizer.load_state_dict(checkpoint.optimizer)
@@ -299,3 +319,26 @@ class Trainer:
         self.generated_tokens = int(state["generated_tokens"])
         self.seconds = float(state["seconds"])
         return self.step
+
+    def _mend_run(self, checkpoint: Checkpoint, damaged: list[tuple[Path, str]]) -> None:
+        """Before resuming from ``checkpoint``: delete the damaged newer checkpoints, the leftovers
+        of interrupted saves and the metrics lines after it (a torn last one included), saying
+        each."""
+        for path, why in damaged:
+            shutil.rmtree(path)
+            self._say(
+                f"checkpoint {path} is damaged ({why}): skipped and deleted, its steps run again"
+            )
+        for path in remove_leftovers(self.run_dir.checkpoints):
+            self._say(f"removed {path} (left by a checkpoint save that was interrupted)")
+        torn = self.run_dir.keep_metrics_through(self.step)
+        if torn is not None:
+            self._say(
+                f"{self.run_dir.metrics} ends in a partial line (a kill while it was written): "
+                f"dropped {torn[:60]!r}"
+            )
+        self._say(f"resuming from step {self.step} (checkpoint {checkpoint.path})")
+
+    def _say(self, text: str) -> None:
+        """One line to the console, whatever ``train.progress`` says."""
+        self.console.print(text, markup=False, highlight=False, soft_wrap=True)
