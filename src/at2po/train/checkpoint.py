@@ -32,8 +32,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError, safe_open
 
+from at2po.models import integrity
 from at2po.models.paths import staged_dir
 
 _NAME = re.compile(r"^step_(\d{6,})$")
@@ -186,30 +186,23 @@ def load_checkpoint(path: Path) -> Checkpoint:
 
 
 def _check_model_files(path: Path) -> None:
-    """Raise DamagedCheckpoint unless the model directory ``path`` has weights whose safetensors
-    headers match their file sizes and JSON files (config, tokenizer) that parse."""
-    weights = sorted(path.glob("*.safetensors"))
-    if not weights:
-        raise DamagedCheckpoint("model.safetensors is missing")
-    for file in weights:
-        try:
-            with safe_open(file, framework="pt"):
-                pass
-        except (SafetensorError, OSError) as error:
-            raise DamagedCheckpoint(
-                f"{file.name} is not a whole safetensors file ({error})"
-            ) from None
+    """Raise DamagedCheckpoint unless the policy saved in ``path`` is whole: its safetensors
+    weights and every JSON file (config, tokenizer, …), by :mod:`at2po.models.integrity`."""
+    try:
+        integrity.check_model_files(path)
+        integrity.check_tokenizer_file(path)
+    except integrity.DamagedFile as damaged:
+        raise DamagedCheckpoint(f"{damaged.path.name} {damaged.problem}") from None
     for file in sorted(path.glob("*.json")):
         _read_json(file)
 
 
 def _read_json(file: Path) -> Any:
+    """The JSON in ``file``, or DamagedCheckpoint naming it."""
     try:
-        return json.loads(file.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DamagedCheckpoint(f"{file.name} is missing") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise DamagedCheckpoint(f"{file.name} is not valid JSON ({error})") from None
+        return integrity.read_json(file)
+    except integrity.DamagedFile as damaged:
+        raise DamagedCheckpoint(f"{file.name} {damaged.problem}") from None
 
 
 def _read_state(file: Path) -> dict[str, Any]:

@@ -6,22 +6,18 @@ trained, so the policy that generated the rows is the policy whose log-probs are
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from at2po.models import integrity
 from at2po.models.registry import REPLACE_HINT, repair_hint, resolve_model
 from at2po.rollout.hf_engine import HFEngine
 from at2po.train.config import ConfigError, ModelConfig, RolloutSection
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-WEIGHTS_FILE = "model.safetensors"
-WEIGHTS_INDEX_FILE = "model.safetensors.index.json"
-TOKENIZER_FILE = "tokenizer.json"
 
 
 def model_directory(cfg: ModelConfig) -> Path:
@@ -47,50 +43,20 @@ def check_model_directory(directory: Path, fix: str = REPLACE_HINT) -> None:
 
 
 def check_model_files(directory: Path, fix: str = REPLACE_HINT) -> None:
-    """``config.json`` is a JSON object and every safetensors weight file has a readable header
-    that accounts for the whole file; else a ConfigError naming the file and ``fix``."""
-    config = directory / "config.json"
-    if not isinstance(_read_json(config, fix), dict):
-        raise ConfigError(f"{config} is not a JSON object, so the model is damaged; {fix}")
-    for weights in _weight_files(directory, fix):
-        try:
-            with safe_open(weights, framework="pt") as reader:
-                reader.keys()
-        except (SafetensorError, OSError) as error:
-            raise ConfigError(
-                f"{weights} is damaged (empty or truncated: {error}); {fix}"
-            ) from None
+    """``config.json`` and the safetensors weights are whole (:mod:`at2po.models.integrity`);
+    else a ConfigError naming the file and ``fix``."""
+    try:
+        integrity.check_model_files(directory)
+    except integrity.DamagedFile as damaged:
+        raise ConfigError(f"{damaged}; {fix}") from None
 
 
 def check_tokenizer_file(directory: Path, fix: str = REPLACE_HINT) -> None:
-    """``tokenizer.json`` (the fast tokenizer every at2po model carries) exists and is JSON; else
-    a ConfigError naming it and ``fix``."""
-    _read_json(directory / TOKENIZER_FILE, fix)
-
-
-def _weight_files(directory: Path, fix: str) -> list[Path]:
-    """The safetensors files of the model: ``model.safetensors``, or the shards its index lists;
-    none for a directory with only ``pytorch_model.bin`` (transformers reads that itself)."""
-    single, index = directory / WEIGHTS_FILE, directory / WEIGHTS_INDEX_FILE
-    if single.exists():
-        return [single]
-    if index.exists():
-        listing = _read_json(index, fix)
-        shards = listing.get("weight_map", {}) if isinstance(listing, dict) else {}
-        return [directory / name for name in sorted(set(shards.values()))]
-    if (directory / "pytorch_model.bin").exists():
-        return []
-    raise ConfigError(f"{single} is missing, so the model has no weights; {fix}")
-
-
-def _read_json(path: Path, fix: str) -> Any:
-    """The JSON in ``path``, or a ConfigError naming the file and ``fix``."""
+    """``tokenizer.json`` exists and is JSON; else a ConfigError naming it and ``fix``."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path} is missing; {fix}") from None
-    except (OSError, ValueError) as error:
-        raise ConfigError(f"{path} is damaged (not readable JSON: {error}); {fix}") from None
+        integrity.check_tokenizer_file(directory)
+    except integrity.DamagedFile as damaged:
+        raise ConfigError(f"{damaged}; {fix}") from None
 
 
 def set_threads(cfg: ModelConfig) -> None:
