@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 TORCH  := torch==2.13.0
 CONSTRAINTS := $(VENV)/constraints.txt
-EXTRAS ?= test,dense,skyrl,smollm2
+EXTRAS ?= test,dense,skyrl,smollm2,games
 
 .PHONY: demo test lint format bench clean test-verl
 
