@@ -72,7 +72,8 @@ FOLDS = ("train", "dev", "test")
 @dataclass(frozen=True)
 class GameExample:
     """One game: ``game`` with ``params`` (TWX settings), ``fold`` and ``seed``. ``id``,
-    ``data_source`` and ``metadata["type"]`` play the roles they have for questions."""
+    ``data_source``, ``metadata["type"]``, ``question`` and ``golden_answers`` play the roles
+    they have for questions (in metrics and tree records)."""
 
     game: str
     params: str
@@ -97,6 +98,16 @@ class GameExample:
     def metadata(self) -> dict[str, str]:
         return {"type": self.game}
 
+    @property
+    def question(self) -> str:
+        """A one-line label of the game, where records show a question."""
+        return f"{self.game} game, {self.fold} seed {self.seed}"
+
+    @property
+    def golden_answers(self) -> tuple[str, ...]:
+        """None: a game is won by playing it, not by an answer."""
+        return ()
+
 
 @dataclass(frozen=True)
 class GameView:
@@ -116,7 +127,7 @@ class GameView:
         data = orjson.loads(text)
         return cls(
             look=data["look"].strip(),
-            inventory="\n".join(line.strip() for line in data["inventory"].strip().splitlines()),
+            inventory=_inventory(data["inventory"]),
             valid_actions=tuple(sorted(data["validActions"])),
             feedback=data["observation"].strip(),
             score=float(data["score"]),
@@ -138,6 +149,13 @@ class GameView:
         """The text the agent is shown (the module docstring's view)."""
         parts = [self.feedback] if feedback and self.feedback else []
         return "\n".join([*parts, self.anchor, format_actions(self.valid_actions)])
+
+
+def _inventory(text: str) -> str:
+    """The inventory text with its header first and its items one per line, sorted: the order
+    in which things were picked up is not part of the state the agent acts on."""
+    header, *items = [line.strip() for line in text.strip().splitlines()]
+    return "\n".join([header, *sorted(items)])
 
 
 @dataclass(frozen=True)
