@@ -42,6 +42,7 @@ demo: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(BIN)/python bench/core.py
 	$(BIN)/python bench/parsers.py
+	$(BIN)/python bench/games.py
 	$(BIN)/python bench/retrieval.py
 	$(BIN)/python bench/engine.py
 	$(BIN)/python bench/rollout.py

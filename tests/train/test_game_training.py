@@ -85,3 +85,12 @@ def _processes_marked(mark: str) -> list[int]:
         if f"AT2PO_TEST_MARK={mark}".encode() in environ.split(b"\0"):
             found.append(int(entry.name))
     return found
+
+
+def test_game_settings_twx_refuses_stop_the_run_with_a_config_error(tmp_path):
+    from at2po.train.config import ConfigError
+    from at2po.train.task import build_task
+
+    cfg = load_config(str(CONFIG), ["task.game.params=numLocations=0", f"out_dir={tmp_path}"])
+    with pytest.raises(ConfigError, match=r"task\.game\.params='numLocations=0'.*greater than"):
+        build_task(cfg.task)

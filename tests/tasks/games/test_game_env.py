@@ -179,7 +179,7 @@ def test_a_killed_jvm_is_restarted_and_only_its_games_end():
 
 def test_no_jvm_outlives_close_or_the_process(tmp_path: Path):
     script = textwrap.dedent(
-        f"""
+        """
         import os, sys
         from at2po.tasks.games import GameEnv, GameExample, SMALL_SETTINGS, process_host
         env = GameEnv()

@@ -462,7 +462,9 @@ class GameEnv:
             if instance.loaded != settings:
                 message = instance.handle.load(example.game, example.params)
                 if message:
-                    raise ValueError(f"TextWorldExpress refused {example.id}: {message}")
+                    raise ValueError(
+                        f"TextWorldExpress refused {example.id}: {str(message).strip()}"
+                    )
                 instance.loaded = settings
             return instance.handle.generateNewGameJSON(example.seed, example.fold, gold)
 
