@@ -11,7 +11,6 @@ import textwrap
 import time
 from pathlib import Path
 
-import hypothesis  # noqa: F401  (imported before any JVM call: see the note below)
 import pytest
 
 from at2po.tasks.games import (
@@ -24,10 +23,6 @@ from at2po.tasks.games import (
     JvmHost,
 )
 from at2po.tasks.games.expert import GameExpert, GameExpertConfig, turn_text
-
-# Note: run alone, this module once ended with CPython 3.11.7's "AST constructor recursion depth
-# mismatch" when pytest's hypothesis plugin first imported hypothesis at the terminal summary,
-# after the JVM calls; importing it first avoids that interpreter bug (the tests are unaffected).
 
 TWC = GameExample("twc", SMALL_SETTINGS["twc"], "test", 3)
 GOLD = [

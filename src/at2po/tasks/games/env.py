@@ -307,6 +307,7 @@ class GameEnv:
                 f"the episode on {state.example.id!r} already ended ({state.finish}); "
                 "start a new one with reset()"
             )
+        self._check_generation(state)
         action = parse_turn(action_text, require_think=self.config.require_think)
         command = self._command(state, action)
         if command is None:
@@ -375,6 +376,16 @@ class GameEnv:
             self._idle.clear()
 
     # ------------------------------------------------------------------ internals
+    def _check_generation(self, state: GameState) -> None:
+        """Raise :class:`JvmDied` when ``state``'s game lived in a JVM that has died (a dead JVM
+        found here is restarted first), whether or not this turn would reach the game."""
+        self.host.check_alive()
+        if state.generation != self.host.generation:
+            raise JvmDied(
+                f"the JVM of the game {state.example.id} died; its episode has ended "
+                f"(generation {state.generation}, now {self.host.generation})"
+            )
+
     def _feedback(self, example: GameExample) -> bool:
         if self.config.feedback is None:
             return FEEDBACK_BY_GAME[example.game]
@@ -432,11 +443,6 @@ class GameEnv:
 
     def _play(self, state: GameState, command: str) -> GameView:
         """Step ``state``'s game by ``command`` on an instance standing at its history."""
-        if state.generation != self.host.generation:
-            raise JvmDied(
-                f"the JVM of the game {state.example.id} died; its episode has ended "
-                f"(generation {state.generation}, now {self.host.generation})"
-            )
         instance = self._take((state.example, state.history))
         if instance is None:
             instance = self._fresh_instance(state.example, gold=False)

@@ -138,7 +138,7 @@ class JvmHost:
         )
         self._process = process
         self._gateway = JavaGateway(
-            gateway_parameters=GatewayParameters(port=port, auto_field=True),
+            gateway_parameters=GatewayParameters(port=port),
             java_process=process,
         )
 
