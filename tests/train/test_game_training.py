@@ -70,7 +70,6 @@ def game_overrides(model_dir: Path, out_dir: Path) -> list[str]:
     ]
 
 
-@pytest.mark.slow
 def test_twc_config_trains_two_steps_on_the_game(game_policy_dir, tmp_path):
     cfg = load_config(str(CONFIG), game_overrides(game_policy_dir, tmp_path / "run"))
     assert cfg.task.source == "game" and cfg.credit.estimator == "gigpo"
@@ -91,7 +90,6 @@ def test_twc_config_trains_two_steps_on_the_game(game_policy_dir, tmp_path):
     assert any(node.obs_ids for node in tree.nodes)
 
 
-@pytest.mark.slow
 def test_no_game_jvm_outlives_the_trainer_process(game_policy_dir, tmp_path):
     mark = uuid.uuid4().hex
     overrides = [*game_overrides(game_policy_dir, tmp_path / "run"), "train.steps=1"]
