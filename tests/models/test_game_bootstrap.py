@@ -39,3 +39,12 @@ def test_tiny_twc_is_missing_until_bootstrapped_then_built_and_cached(tmp_path):
     assert bootstrap_game(tmp_path, config=SMALL) == directory  # cached: returned as is
     with pytest.raises(ValueError, match="other settings"):
         bootstrap_game(tmp_path, config=GameBootstrapConfig(demo_games=7))
+
+
+def test_a_damaged_tiny_twc_names_the_command_that_rebuilds_it(tmp_path):
+    from at2po.models.registry import repair_hint
+
+    assert repair_hint("tiny-twc", tmp_path) == (
+        f"re-run `at2po bootstrap --task twc --force --cache-dir {tmp_path}` to rebuild the "
+        "tiny-twc model"
+    )

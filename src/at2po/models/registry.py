@@ -77,6 +77,9 @@ def repair_hint(name_or_path: str | Path, cache_dir: str | Path | None = None) -
     if name == "tiny":
         where = "" if cache_dir is None else f" --cache-dir {cache_dir}"
         return f"re-run `at2po bootstrap --force{where}` to reinstall the tiny model"
+    if name == "tiny-twc":
+        where = "" if cache_dir is None else f" --cache-dir {cache_dir}"
+        return f"re-run `at2po bootstrap --task twc --force{where}` to rebuild the tiny-twc model"
     if name == "smollm2-135m":
         return (
             f"delete {model_dir(SMOLLM2_NAME, cache_dir)} and run again: it is converted anew "
