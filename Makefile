@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 TORCH  := torch==2.13.0
 CONSTRAINTS := $(VENV)/constraints.txt
-EXTRAS ?= test,dense,skyrl,smollm2
+EXTRAS ?= test,dense,skyrl,smollm2,games
 
 .PHONY: demo test lint format bench clean test-verl
 
@@ -42,6 +42,7 @@ demo: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(BIN)/python bench/core.py
 	$(BIN)/python bench/parsers.py
+	$(BIN)/python bench/games.py
 	$(BIN)/python bench/retrieval.py
 	$(BIN)/python bench/engine.py
 	$(BIN)/python bench/rollout.py

@@ -35,3 +35,17 @@ def test_help_lists_the_options(capsys):
     text = capsys.readouterr().out
     for option in ("--force", "--cache-dir", "--steps", "--seed", "--smollm2"):
         assert option in text
+
+
+def test_task_twc_options_map_onto_the_game_bootstrap():
+    from at2po.models.game_bootstrap import GameBootstrapConfig
+
+    args = _parser().parse_args(
+        ["bootstrap", "--task", "twc", "--demo-games", "9", "--steps", "4", "--eval-questions", "2"]
+    )
+    cfg = cli.game_config_from_args(args)
+    default = GameBootstrapConfig()
+    assert (cfg.demo_games, cfg.sft.steps, cfg.eval_games) == (9, 4, 2)
+    assert cfg.sft.lr == default.sft.lr and cfg.seed == default.seed
+    assert args.task == "twc"
+    assert _parser().parse_args(["bootstrap"]).task == "search"

@@ -4,6 +4,7 @@
     at2po bootstrap --force               # rebuild it from scratch (H200: 7 min; CPU: ~7 h)
     at2po bootstrap --force --steps 600 --demo-worlds 40   # rebuild with other settings
     at2po bootstrap --smollm2             # also convert the SmolLM2-135M-Instruct preset
+    at2po bootstrap --task twc            # build the tiny policy of the twc text game (tiny-twc)
 
 Prints the model directory on stdout; progress goes to stderr.
 """
@@ -35,11 +36,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--force", action="store_true", help="rebuild even if a cached model exists"
     )
+    parser.add_argument(
+        "--task",
+        choices=("search", "twc"),
+        default="search",
+        help="which warm start: the search policy (`tiny`, default) or the twc text game's "
+        "(`tiny-twc`: SFT on a scripted expert's games; docs/games.md)",
+    )
     parser.add_argument("--seed", type=int, help="seed of every random choice")
     parser.add_argument("--steps", type=int, help="SFT optimizer steps")
     parser.add_argument("--batch-size", type=int, help="SFT rows per step")
     parser.add_argument("--lr", type=float, help="SFT peak learning rate")
     parser.add_argument("--demo-worlds", type=int, help="worlds the expert demonstrates in")
+    parser.add_argument(
+        "--demo-games", type=int, help="train-fold games the game expert plays (--task twc)"
+    )
     parser.add_argument(
         "--demos-per-world", type=int, help="expert episodes (questions) per demonstration world"
     )
@@ -90,8 +101,43 @@ def config_from_args(args: argparse.Namespace) -> Any:
     return replace(cfg, sft=replace(cfg.sft, **sft), **top)
 
 
+def game_config_from_args(args: argparse.Namespace) -> Any:
+    """The default ``GameBootstrapConfig`` with the options that were given."""
+    from dataclasses import replace
+
+    from at2po.models.game_bootstrap import GameBootstrapConfig
+
+    def given(pairs: dict[str, Any]) -> dict[str, Any]:
+        return {name: value for name, value in pairs.items() if value is not None}
+
+    cfg = GameBootstrapConfig()
+    sft = given({"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr})
+    top = given(
+        {
+            "seed": args.seed,
+            "demo_games": args.demo_games,
+            "device": args.device,
+            "eval_games": args.eval_questions,
+        }
+    )
+    return replace(cfg, sft=replace(cfg.sft, **sft), **top)
+
+
+def run_game(args: argparse.Namespace) -> int:
+    """Build or reuse the twc policy; print its directory."""
+    from at2po.models.game_bootstrap import bootstrap_game
+
+    try:
+        print(bootstrap_game(args.cache_dir, force=args.force, config=game_config_from_args(args)))
+    except (ValueError, OSError, RuntimeError) as error:
+        raise SystemExit(f"at2po bootstrap --task twc: {error}") from error
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     """Build or reuse the tiny model (and optionally SmolLM2); print the directories."""
+    if args.task == "twc":
+        return run_game(args)
     from rich.console import Console
 
     from at2po.models.bootstrap import bootstrap, recheck

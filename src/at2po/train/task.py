@@ -40,6 +40,8 @@ class Task:
 
 def build_task(cfg: TaskConfig) -> Task:
     """Questions, retriever and env as ``cfg`` says (module docstring)."""
+    if cfg.source == "game":
+        return build_game_task(cfg)
     corpora: dict[str, list[Document]] = {}
     if cfg.source == "worlds":
         splits, documents, corpora = _world_splits(cfg)
@@ -63,6 +65,39 @@ def build_task(cfg: TaskConfig) -> Task:
         tools = {name: tool(docs) for name, docs in corpora.items()}
         return Task(SearchQAEnv(next(iter(tools.values())), env_cfg, corpora=tools), splits)
     return Task(SearchQAEnv(tool(documents), env_cfg), splits)
+
+
+def build_game_task(cfg: TaskConfig) -> Task:
+    """The text game of ``cfg.game``: seeds ``0..n-1`` of each fold as the splits (held-out games
+    are held-out seeds of the dev and test folds), one :class:`GameEnv` in this process's JVM."""
+    try:
+        from at2po.tasks.games import SMALL_SETTINGS, GameEnv, GameEnvConfig, GameExample
+        from at2po.tasks.games.env import GameRewardConfig
+        from at2po.tasks.games.jvm import find_java, twx_jar
+
+        find_java(), twx_jar()
+    except (ImportError, RuntimeError) as error:
+        raise ConfigError(f"task.source=game: {error}") from None
+    game = cfg.game
+    params = game.params if game.params is not None else SMALL_SETTINGS[game.name]
+    counts = {"train": game.n_train, "dev": game.n_dev, "test": game.n_test}
+    splits = {
+        fold: [GameExample(game.name, params, fold, seed) for seed in range(n)]
+        for fold, n in counts.items()
+    }
+    env_cfg = GameEnvConfig(
+        max_turns=cfg.max_turns,
+        require_think=cfg.require_think,
+        feedback=game.feedback,
+        max_instances=game.max_instances,
+        reward=GameRewardConfig(game.progress_weight, game.invalid_penalty),
+    )
+    env = GameEnv(env_cfg)
+    try:
+        env.reset(splits["train"][0])
+    except ValueError as error:
+        raise ConfigError(f"task.game.params={params!r}: {error}") from None
+    return Task(env, splits)  # type: ignore[arg-type]
 
 
 def _world_splits(
