@@ -14,14 +14,14 @@ from at2po.core.expansion import EXPANSION_MODES, SIBLING_PENALTY
 from at2po.core.uncertainty import ALPHA, TOP_J
 from at2po.rollout.engine import InterventionSpec, SamplingParams, UncertaintySpec
 
-TTI_DEFAULTS = {"min_think": 16, "window": 4, "eps": 0.02, "max_think": 64}
-"""The tiny model's TTI defaults (L_min, N, ε, L_max). ε = 0.02 fires on ~15 % of the shipped tiny
-policy's first turns at the warm start (docs/algorithms.md); the published Qwen3-4B runs use
-ε = 1e-4 (paper) and L_max 450–500, L_min 100, 20 consecutive steps (released code)."""
+TTI_DEFAULTS = {"min_think": 16, "window": 4, "eps": 0.09, "max_think": 64}
+"""The tiny model's TTI defaults (L_min, N, ε, L_max). ε = 0.09 fires on ~15 % of the shipped tiny
+policy's turns at the warm start (``bench/t2po_calibrate.py``, docs/algorithms.md); the published
+Qwen3-4B runs use ε = 1e-4 (paper), L_min 100, 20 consecutive steps, L_max 450–500 (code)."""
 
-TDS_DEFAULTS = {"eta": 0.02, "max_redraws": 2}
-"""The tiny model's TDS defaults (η, B_max); the notes give η = 1e-3 for Qwen3-4B, the released
-code 0.3 (unwired) and ``max_try = 2``."""
+TDS_DEFAULTS = {"eta": 0.05, "max_redraws": 2}
+"""The tiny model's TDS defaults (η, B_max): η = 0.05 is the 20th percentile of Γ at the warm
+start; the notes give η = 1e-3 for Qwen3-4B, the released code 0.3 (unwired) and max_try 2."""
 
 ROLLOUT_MODES = ("chain", "tree", "branching")
 """``chain``: n independent trajectories; ``tree``: AT²PO phases (random expansion = Tree-GRPO);
