@@ -32,7 +32,7 @@ from at2po.train.task import build_task
 EPSILONS = (0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.12, 0.15)
 
 
-def thinking_uncertainty(tree, node, think_open: int) -> list[float]:
+def thinking_uncertainty(node, think_open: int) -> list[float]:
     """M_t of a turn's tokens after its ``<think>`` (the tokens TTI monitors)."""
     ids, values = node.act_ids, node.act_uncertainty
     start = ids.index(think_open) + 1 if think_open in ids else len(ids)
@@ -80,7 +80,7 @@ def main() -> None:
     turns, progress = [], []
     for group in out.groups:
         for node in group.tree.nodes[1:]:
-            turns.append(thinking_uncertainty(group.tree, node, think_open))
+            turns.append(thinking_uncertainty(node, think_open))
             parent = group.tree.nodes[node.parent]
             if node.parent and parent.turn_score is not None and node.turn_score is not None:
                 progress.append(turn_progress(node.turn_score, parent.turn_score))

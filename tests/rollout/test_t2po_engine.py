@@ -49,9 +49,7 @@ def reference_uncertainty(model, context, tokens, forced, alpha=0.4, j=20, bound
 
 def request(prompt, seed, intervention=None, bounds=None, budget=BUDGET):
     spec = UncertaintySpec() if bounds is None else UncertaintySpec(bounds=bounds)
-    return GenerationRequest(
-        prompt, budget, seed=seed, uncertainty=spec, intervention=intervention
-    )
+    return GenerationRequest(prompt, budget, seed=seed, uncertainty=spec, intervention=intervention)
 
 
 def as_list(values):
@@ -127,6 +125,7 @@ def test_state_is_per_sequence(tiny_lm, engine):
         [request(prompt_a, 7, intervention=spec), request(prompt_b, 8, intervention=spec)]
     )
     assert together[0].intervention == "stagnation" and together[1].intervention is None
+    assert together[0].forced_mask.index(True) == t_star
     assert not any(together[1].forced_mask)
     for batched, solo in zip(together, alone, strict=True):
         assert batched.token_ids == solo.token_ids
