@@ -57,13 +57,6 @@ def entropy_and_confidence(
     return entropy_B, confidence_B
 
 
-def _scaled(value_B: torch.Tensor, low_B: torch.Tensor, high_B: torch.Tensor) -> torch.Tensor:
-    spread_B = high_B - low_B
-    degenerate_B = spread_B < DEGENERATE_RANGE
-    safe_B = torch.where(degenerate_B, 1.0, spread_B)
-    return torch.where(degenerate_B, 0.5, (value_B - low_B) / safe_B)
-
-
 def fused_uncertainty(
     entropy_B: torch.Tensor,
     confidence_B: torch.Tensor,
@@ -84,20 +77,18 @@ def fused_uncertainty(
     Returns:
         (M_B, new bounds_B4).
     """
-    h_B, c_B = entropy_B.to(bounds_B4.dtype), confidence_B.to(bounds_B4.dtype)
-    updated_B4 = torch.stack(
-        [
-            torch.minimum(bounds_B4[:, 0], h_B),
-            torch.maximum(bounds_B4[:, 1], h_B),
-            torch.minimum(bounds_B4[:, 2], c_B),
-            torch.maximum(bounds_B4[:, 3], c_B),
-        ],
-        dim=1,
-    )
+    value_B2 = torch.stack([entropy_B, confidence_B], dim=1).to(bounds_B4.dtype)
+    low_B2 = torch.minimum(bounds_B4[:, 0::2], value_B2)
+    high_B2 = torch.maximum(bounds_B4[:, 1::2], value_B2)
+    updated_B4 = torch.stack([low_B2, high_B2], dim=2).flatten(1)
     new_bounds_B4 = torch.where(sampled_B[:, None], updated_B4, bounds_B4)
-    h_norm_B = _scaled(h_B, new_bounds_B4[:, 0], new_bounds_B4[:, 1])
-    c_norm_B = _scaled(c_B, new_bounds_B4[:, 2], new_bounds_B4[:, 3])
-    m_B = alpha_B * h_norm_B + (1.0 - alpha_B) * (1.0 - c_norm_B)
+    low_B2, high_B2 = new_bounds_B4[:, 0::2], new_bounds_B4[:, 1::2]
+    spread_B2 = high_B2 - low_B2
+    degenerate_B2 = spread_B2 < DEGENERATE_RANGE
+    scaled_B2 = torch.where(
+        degenerate_B2, 0.5, (value_B2 - low_B2) / torch.where(degenerate_B2, 1.0, spread_B2)
+    )
+    m_B = alpha_B * scaled_B2[:, 0] + (1.0 - alpha_B) * (1.0 - scaled_B2[:, 1])
     return torch.where(sampled_B, m_B, torch.nan), new_bounds_B4
 
 

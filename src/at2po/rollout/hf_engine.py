@@ -48,7 +48,7 @@ from at2po.rollout.engine import (
     GenerationRequest,
     GenerationResult,
 )
-from at2po.rollout.intervention import ThinkState
+from at2po.rollout.intervention import StepOutput, ThinkState
 from at2po.rollout.kv_cache import ROOM_STEP, batched_cache, row_kv
 from at2po.rollout.prefix_cache import PrefixCache, common_prefix_length
 from at2po.rollout.sampling import choose_tokens, entropy, tempered_logprobs
@@ -413,13 +413,14 @@ class HFEngine:
             if think is not None:
                 token_B = think.token_B
             forced_rows = self._apply_hooks(requests, drafts, active, token_B)
-            if think is not None:
-                forced_rows |= {row for row, f in enumerate(think.forced_B.tolist()) if f}
             tokens = token_B.tolist()
             logprobs = logp_BV.gather(1, token_B[:, None]).squeeze(1).tolist()
-            entropies = entropy(logp_BV).tolist() if want_entropy else None
-            uncertainty = think.uncertainty_B.tolist() if think is not None else None
-            confidences = think.confidence_B.tolist() if think is not None else None
+            uncertainty = confidences = None
+            if think is not None:
+                forced, entropies, confidences, uncertainty = _columns(think)
+                forced_rows |= {row for row, f in enumerate(forced) if f}
+            else:
+                entropies = entropy(logp_BV).tolist() if want_entropy else None
 
             done_rows = []
             for row, index in enumerate(active):
@@ -491,6 +492,19 @@ class HFEngine:
         if forced:
             token_B[list(forced)] = torch.tensor(list(forced.values()), device=token_B.device)
         return set(forced)
+
+
+def _columns(think: StepOutput) -> tuple[list[bool], list[float], list[float], list[float]]:
+    """Forced flags, H_t, C_t and M_t of a T²PO step as Python lists (one transfer)."""
+    stacked = torch.stack(
+        [
+            think.forced_B.double(),
+            think.entropy_B.double(),
+            think.confidence_B.double(),
+            think.uncertainty_B.double(),
+        ]
+    ).tolist()
+    return [f == 1.0 for f in stacked[0]], stacked[1], stacked[2], stacked[3]
 
 
 def _require_full_attention(config: Any) -> None:

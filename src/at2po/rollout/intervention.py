@@ -41,12 +41,13 @@ _FIRED = {1: INTERVENTION_STAGNATION, 2: INTERVENTION_CAP}
 
 @dataclass
 class StepOutput:
-    """One decode step's tokens after forcing, which rows were forced, and M_t, C_t per row."""
+    """One decode step's tokens after forcing, which rows were forced, and H_t, C_t, M_t per row."""
 
     token_B: torch.Tensor
     forced_B: torch.Tensor
-    uncertainty_B: torch.Tensor
+    entropy_B: torch.Tensor
     confidence_B: torch.Tensor
+    uncertainty_B: torch.Tensor
 
 
 @dataclass
@@ -141,7 +142,7 @@ class ThinkState:
         )
         self._advance_queue(forced_B)
         self._watch_thinking(token_B, m_B, forced_B)
-        return StepOutput(token_B, forced_B, m_B, confidence_B)
+        return StepOutput(token_B, forced_B, entropy_B, confidence_B, m_B)
 
     def _advance_queue(self, forced_B: torch.Tensor) -> None:
         following_B = self.queue_B + 1
