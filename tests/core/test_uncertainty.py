@@ -14,6 +14,7 @@ from at2po.core.uncertainty import (
     needs_redraw,
     online_uncertainty,
     stagnation_trigger,
+    top_j_weights,
     turn_progress,
     turn_score,
 )
@@ -32,8 +33,8 @@ def logp(*probs):
     ],
 )
 def test_t1_entropy_and_top_j_confidence(probs, entropy, conf_j2, conf_j1):
-    h, c2 = entropy_and_confidence(logp(*probs), torch.tensor([2]))
-    _, c1 = entropy_and_confidence(logp(*probs), torch.tensor([1]))
+    h, c2 = entropy_and_confidence(logp(*probs), top_j_weights(torch.tensor([2]), 4))
+    _, c1 = entropy_and_confidence(logp(*probs), top_j_weights(torch.tensor([1]), 4))
     assert float(h) == pytest.approx(entropy, abs=1e-6)
     assert float(c2) == pytest.approx(conf_j2, abs=1e-6)
     assert float(c1) == pytest.approx(conf_j1, abs=1e-6)
@@ -41,7 +42,7 @@ def test_t1_entropy_and_top_j_confidence(probs, entropy, conf_j2, conf_j1):
 
 def test_top_j_is_per_row_and_capped_at_the_vocabulary():
     rows = torch.cat([logp(0.97, 0.01, 0.01, 0.01), logp(0.7, 0.1, 0.1, 0.1)])
-    _, conf = entropy_and_confidence(rows, torch.tensor([2, 20]))
+    _, conf = entropy_and_confidence(rows, top_j_weights(torch.tensor([2, 20]), 4))
     # row 2 with j = 20 > V = 4 averages all four: −(log .7 + 3 log .1)/4
     expected = -(math.log(0.7) + 3 * math.log(0.1)) / 4
     assert conf.tolist() == pytest.approx([2.317815, expected], abs=1e-6)
@@ -81,7 +82,7 @@ def test_t4_end_to_end_and_turn_score_floor():
         (0.6, 0.2, 0.1, 0.1),
     ]
     logp_TV = torch.cat([logp(*p) for p in probs])
-    h, c = entropy_and_confidence(logp_TV, torch.full((5,), 2))
+    h, c = entropy_and_confidence(logp_TV, top_j_weights(torch.full((5,), 2), 4))
     assert h.tolist() == pytest.approx([1.386294, 0.167701, 0.940448, 0.693147, 1.088900], abs=1e-6)
     assert c.tolist() == pytest.approx([1.386294, 2.317815, 1.329630, 0.693147, 1.060132], abs=1e-6)
     m = online_uncertainty(h, c, alpha=0.4)

@@ -41,19 +41,27 @@ FRESH_BOUNDS = (math.inf, -math.inf, math.inf, -math.inf)
 """(H_min, H_max, C_min, C_max) of a trajectory that has sampled nothing yet."""
 
 
+def top_j_weights(top_j_B: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """(B, J) weights 1/j on each row's first j columns, 0 beyond (J = the largest j, at most V).
+
+    j above the vocabulary size uses the whole vocabulary.
+    """
+    width = min(int(top_j_B.max()), vocab_size)
+    j_B = top_j_B.clamp(max=width)
+    in_top_BJ = torch.arange(width, device=top_j_B.device)[None, :] < j_B[:, None]
+    return in_top_BJ / j_B[:, None]
+
+
 def entropy_and_confidence(
-    logp_BV: torch.Tensor, top_j_B: torch.Tensor
+    logp_BV: torch.Tensor, top_weight_BJ: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Full-vocabulary entropy H and top-j confidence C of each row of log-probs.
 
-    ``top_j_B`` holds each row's j (≥ 2); j above the vocabulary size uses the whole vocabulary.
+    ``top_weight_BJ`` comes from :func:`top_j_weights` (each row's own j ≥ 2).
     """
     entropy_B = torch.special.entr(logp_BV.exp()).sum(dim=-1)
-    width = min(int(top_j_B.max()), logp_BV.shape[-1])
-    top_BJ = logp_BV.topk(width, dim=-1).values
-    j_B = top_j_B.clamp(max=width)
-    in_top_BJ = torch.arange(width, device=logp_BV.device)[None, :] < j_B[:, None]
-    confidence_B = -(top_BJ * in_top_BJ).sum(dim=-1) / j_B
+    top_BJ = logp_BV.topk(top_weight_BJ.shape[1], dim=-1).values
+    confidence_B = -(top_BJ * top_weight_BJ).sum(dim=-1)
     return entropy_B, confidence_B
 
 
@@ -117,11 +125,10 @@ def push_delta(
     return torch.where(push_B[:, None], shifted_BW, window_BW), count_B + push_B.long()
 
 
-def window_mean(window_BW: torch.Tensor, size_B: torch.Tensor) -> torch.Tensor:
-    """Mean of each row's last ``size_B`` deltas (the window's rightmost columns)."""
-    width = window_BW.shape[1]
-    in_window_BW = torch.arange(width, device=window_BW.device)[None, :] >= width - size_B[:, None]
-    return (window_BW * in_window_BW).sum(dim=1) / size_B
+def recent_weights(span_B: torch.Tensor, width: int) -> torch.Tensor:
+    """(B, W) weights 1/span on each row's last ``span_B`` columns of a W-wide window, else 0."""
+    in_window_BW = torch.arange(width, device=span_B.device)[None, :] >= width - span_B[:, None]
+    return in_window_BW / span_B[:, None]
 
 
 def stagnated(
@@ -131,10 +138,14 @@ def stagnated(
     min_think_B: torch.Tensor,
     span_B: torch.Tensor,
     eps_B: torch.Tensor,
+    recent_BW: torch.Tensor,
 ) -> torch.Tensor:
-    """Rows whose last ``span_B`` (= N + 1) deltas average below ε after ``min_think_B`` tokens."""
-    full_B = count_B >= span_B
-    return full_B & (n_think_B >= min_think_B) & (window_mean(window_BW, span_B) < eps_B)
+    """Rows whose last ``span_B`` (= N + 1) deltas average below ε after ``min_think_B`` tokens.
+
+    ``recent_BW`` is :func:`recent_weights` of ``span_B`` (the mean as one weighted sum).
+    """
+    mean_B = (window_BW * recent_BW).sum(dim=1)
+    return (count_B >= span_B) & (n_think_B >= min_think_B) & (mean_B < eps_B)
 
 
 def stagnation_trigger(
@@ -149,6 +160,7 @@ def stagnation_trigger(
     window_1W = torch.zeros(1, span, dtype=torch.float64)
     count_1 = torch.zeros(1, dtype=torch.long)
     one = torch.ones(1, dtype=torch.bool)
+    recent_1W = recent_weights(torch.tensor([span]), span)
     for t in range(1, len(uncertainty_T)):
         delta_1 = (uncertainty_T[t] - uncertainty_T[t - 1]).abs()[None].to(torch.float64)
         window_1W, count_1 = push_delta(window_1W, count_1, delta_1, one)
@@ -159,6 +171,7 @@ def stagnation_trigger(
             torch.tensor([min_think]),
             torch.tensor([span]),
             torch.tensor([eps], dtype=torch.float64),
+            recent_1W,
         )
         if bool(fired):
             return t + 1

@@ -379,7 +379,7 @@ class HFEngine:
             greedy_B=per_row([r.sampling.greedy for r in requests], torch.bool),
             top_k_B=per_row([r.sampling.top_k for r in requests], torch.long),
             top_p_B=per_row([r.sampling.top_p for r in requests], torch.float32),
-            think=ThinkState.for_requests(requests, self.device),
+            think=ThinkState.for_requests(requests, self.device, self.vocab_size),
         )
 
     def _decode(

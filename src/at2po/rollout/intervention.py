@@ -25,7 +25,9 @@ from at2po.core.uncertainty import (
     entropy_and_confidence,
     fused_uncertainty,
     push_delta,
+    recent_weights,
     stagnated,
+    top_j_weights,
 )
 from at2po.rollout.engine import (
     INTERVENTION_CAP,
@@ -55,7 +57,7 @@ class ThinkState:
     """Per-row T²PO state; every tensor has the batch as its first dimension."""
 
     alpha_B: torch.Tensor
-    top_j_B: torch.Tensor
+    top_weight_BJ: torch.Tensor
     bounds_B4: torch.Tensor
     active_B: torch.Tensor
     think_start_B: torch.Tensor
@@ -74,10 +76,11 @@ class ThinkState:
     forced_len_B: torch.Tensor
     queue_B: torch.Tensor
     fired_B: torch.Tensor
+    recent_BW: torch.Tensor
 
     @classmethod
     def for_requests(
-        cls, requests: Sequence[GenerationRequest], device: torch.device
+        cls, requests: Sequence[GenerationRequest], device: torch.device, vocab_size: int
     ) -> ThinkState | None:
         """The initial state of a batch, or ``None`` when no request asks for uncertainty."""
         if all(r.uncertainty is None for r in requests):
@@ -94,7 +97,9 @@ class ThinkState:
         starts = [_NO_ID if s.think_start_id is None else s.think_start_id for s in specs]
         return cls(
             alpha_B=per_row([_spec(r).alpha for r in requests], f64),
-            top_j_B=per_row([_spec(r).top_j for r in requests], long),
+            top_weight_BJ=top_j_weights(
+                per_row([_spec(r).top_j for r in requests], long), vocab_size
+            ),
             bounds_B4=per_row([list(_spec(r).bounds) for r in requests], f64),
             active_B=per_row([r.intervention is not None for r in requests], flag),
             think_start_B=per_row(starts, long),
@@ -116,6 +121,7 @@ class ThinkState:
             forced_len_B=per_row([len(s.forced_ids) for s in specs], long),
             queue_B=torch.full((batch,), _NO_ID, dtype=long, device=device),
             fired_B=torch.zeros(batch, dtype=long, device=device),
+            recent_BW=recent_weights(per_row([s.window + 1 for s in specs], long), width_w).to(f64),
         )
 
     def select(self, keep_B: torch.Tensor) -> ThinkState:
@@ -136,12 +142,13 @@ class ThinkState:
         forced_B = self.queue_B >= 0
         head_B = self.forced_ids_BQ.gather(1, self.queue_B.clamp(min=0)[:, None]).squeeze(1)
         token_B = torch.where(forced_B, head_B, sampled_token_B)
-        entropy_B, confidence_B = entropy_and_confidence(logp_BV, self.top_j_B)
+        entropy_B, confidence_B = entropy_and_confidence(logp_BV, self.top_weight_BJ)
         m_B, self.bounds_B4 = fused_uncertainty(
             entropy_B, confidence_B, self.bounds_B4, self.alpha_B, ~forced_B
         )
-        self._advance_queue(forced_B)
-        self._watch_thinking(token_B, m_B, forced_B)
+        if bool(self.active_B.any()):
+            self._advance_queue(forced_B)
+            self._watch_thinking(token_B, m_B, forced_B)
         return StepOutput(token_B, forced_B, entropy_B, confidence_B, m_B)
 
     def _advance_queue(self, forced_B: torch.Tensor) -> None:
@@ -164,7 +171,13 @@ class ThinkState:
         self.prev_m_B = torch.where(counting_B, m_B, self.prev_m_B)
         closes_B = token_B == self.think_end_B
         stagnant_B = counting_B & stagnated(
-            self.window_BW, self.count_B, self.n_think_B, self.min_think_B, self.span_B, self.eps_B
+            self.window_BW,
+            self.count_B,
+            self.n_think_B,
+            self.min_think_B,
+            self.span_B,
+            self.eps_B,
+            self.recent_BW,
         )
         capped_B = counting_B & (self.n_think_B >= self.max_think_B)
         fire_B = (stagnant_B | capped_B) & ~closes_B
