@@ -163,3 +163,5 @@ def test_specs_refuse_bad_values():
         GenerationRequest((1,), 4, intervention=InterventionSpec((3,)))
     with pytest.raises(ValueError, match="forced_ids"):
         InterventionSpec(())
+    with pytest.raises(ValueError, match="cannot be combined"):
+        GenerationRequest((1,), 4, uncertainty=UncertaintySpec(), token_hook=lambda ids: None)

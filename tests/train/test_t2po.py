@@ -17,6 +17,7 @@ from train_helpers import fast_overrides
 
 from at2po.core.rows import build_rows
 from at2po.rollout.codec import Codec
+from at2po.rollout.evaluate import eval_rollout_config
 from at2po.rollout.hf_engine import HFEngine
 from at2po.rollout.rollouts import rollout
 from at2po.rollout.turns import intervention_ids
@@ -127,3 +128,11 @@ def test_t2po_preset_trains_two_steps_with_tti_firing(tiny_policy_dir, tmp_path)
         assert record["policy/rollout_logp_diff_max"] <= 1e-4
         assert 0 <= record["t2po/tds_resample_rate"] <= 1
         assert record["rollout/generated_tokens"] >= record["t2po/tds_redraw_tokens"]
+
+
+def test_evaluation_runs_the_policy_without_intervention_or_redraws(parts):
+    cfg = parts[0]
+    train_cfg = cfg.rollout.to_rollout_config()
+    assert train_cfg.tti and train_cfg.tds
+    evaluated = eval_rollout_config(train_cfg)
+    assert not evaluated.tti and not evaluated.tds and evaluated.sampling.greedy

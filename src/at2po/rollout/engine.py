@@ -201,6 +201,11 @@ class GenerationRequest:
             raise ValueError(f"max_new_tokens={self.max_new_tokens} must be >= 1")
         if any(not s for s in self.stop_strings):
             raise ValueError("stop_strings holds an empty string, which would match at once")
+        if self.token_hook is not None and self.uncertainty is not None:
+            raise ValueError(
+                "token_hook and uncertainty cannot be combined (the uncertainty state must know "
+                "which tokens were sampled); use the InterventionSpec to force tokens"
+            )
         if self.intervention is not None and self.uncertainty is None:
             raise ValueError(
                 "intervention needs uncertainty: pass an UncertaintySpec with the InterventionSpec"
