@@ -21,7 +21,7 @@ from at2po.rollout.evaluate import eval_rollout_config
 from at2po.rollout.hf_engine import HFEngine
 from at2po.rollout.rollouts import rollout
 from at2po.rollout.turns import intervention_ids
-from at2po.train.config import load_config
+from at2po.train.config import ConfigError, load_config
 from at2po.train.logprobs import recompute_logprobs
 from at2po.train.policy import load_model, load_tokenizer
 from at2po.train.run_dir import read_metrics
@@ -136,3 +136,12 @@ def test_evaluation_runs_the_policy_without_intervention_or_redraws(parts):
     assert train_cfg.tti and train_cfg.tds
     evaluated = eval_rollout_config(train_cfg)
     assert not evaluated.tti and not evaluated.tds and evaluated.sampling.greedy
+
+
+def test_tti_on_a_format_whose_tag_is_not_one_token_is_a_config_error(tiny_policy_dir, tmp_path):
+    cfg = load_config("t2po", fast_overrides(tiny_policy_dir, tmp_path / "run"))
+    task = build_task(cfg.task)
+    task.env.think_tags = ("<think>", "</thinking>")
+    task.env.intervention_text = "</thinking>\n"
+    with pytest.raises(ConfigError, match=r"splits the thinking tag '</thinking>' into \d+ tokens"):
+        Trainer(cfg, task=task)
