@@ -9,8 +9,14 @@ Prints one JSON object per measurement. Two measurements:
 * ``multi_turn_reuse``: trajectories of several turns; after each turn an observation of
   ``--obs-tokens`` ids is appended and the trajectory continues. Run once with prefix-cache reuse
   and once without: prefill tokens and wall time of each.
+* ``t2po_overhead``: the batch of ``engine_vs_generate`` (shortest prompt range), HFEngine with
+  T²PO's uncertainty M_t and the thinking intervention (tiny defaults: L_min 16, N 4, ε 0.09,
+  L_max 64) on against both off. Every row runs to its budget either way (no stop), so both
+  generate the same number of tokens; target: on ≥ 0.9× the tokens/s of off. On a CPU the times
+  are process (CPU) times, which a busy shared machine disturbs less than wall time.
 
-Usage: ``python bench/engine.py [--model DIR]`` (default: the tiny test model, built on the fly).
+Usage: ``python bench/engine.py [--model DIR] [--only NAME,...]`` (default: the tiny test model,
+built on the fly; every measurement).
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.rollout.conftest import build_tiny_lm
 
+from at2po.rollout.config import RolloutConfig
 from at2po.rollout.engine import GenerationRequest
 from at2po.rollout.hf_engine import HFEngine
 from timing import best_seconds
@@ -146,6 +153,46 @@ def multi_turn_reuse(model, tokenizer, args) -> None:
     )
 
 
+def t2po_overhead(model, tokenizer, args, shortest: int, longest: int) -> None:
+    prompts = random_prompts(args.batch, model.config.vocab_size, shortest, longest, seed=0)
+    engine = HFEngine(model, tokenizer, reuse_prefix_cache=False, max_batch_size=args.batch)
+    defaults = RolloutConfig()
+    uncertainty = defaults.uncertainty_spec()
+    intervention = defaults.intervention_spec((1, 2), think_start_id=None)
+    plain = [
+        GenerationRequest(p, max_new_tokens=args.new_tokens, seed=i) for i, p in enumerate(prompts)
+    ]
+    t2po = [
+        GenerationRequest(
+            p, args.new_tokens, seed=i, uncertainty=uncertainty, intervention=intervention
+        )
+        for i, p in enumerate(prompts)
+    ]
+    forced = sum(sum(r.forced_mask) for r in engine.generate(t2po))
+    # on a CPU, process time leaves out the time spent waiting for a core other jobs hold
+    clock = time.process_time if engine.device.type == "cpu" else time.perf_counter
+    seconds = best_seconds(
+        {"off": lambda: engine.generate(plain), "on": lambda: engine.generate(t2po)},
+        args.repeats,
+        clock,
+    )
+    generated = len(prompts) * args.new_tokens
+    rates = {name: generated / s for name, s in seconds.items()}
+    emit(
+        measurement="t2po_overhead",
+        batch=len(prompts),
+        new_tokens=args.new_tokens,
+        vocab=model.config.vocab_size,
+        forced_tokens=forced,
+        clock=clock.__name__,
+        tokens_per_s={k: round(v, 1) for k, v in rates.items()},
+        ratio_on_vs_off=round(rates["on"] / rates["off"], 3),
+    )
+
+
+MEASUREMENTS = ("engine_vs_generate", "multi_turn_reuse", "t2po_overhead")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="a save_pretrained model directory (default: tiny model)")
@@ -165,7 +212,13 @@ def main() -> None:
     parser.add_argument("--turn-tokens", type=int, default=32, help="multi-turn: tokens per turn")
     parser.add_argument("--obs-tokens", type=int, default=30, help="multi-turn: observation size")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
+    parser.add_argument(
+        "--only", default=",".join(MEASUREMENTS), help="comma-separated measurements to run"
+    )
     args = parser.parse_args()
+    only = set(args.only.split(","))
+    if only - set(MEASUREMENTS):
+        parser.error(f"--only {args.only}: measurements are {', '.join(MEASUREMENTS)}")
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -185,10 +238,14 @@ def main() -> None:
         dtype=str(dtype),
         torch_threads=torch.get_num_threads(),
     )
-    for prompt_range in args.prompt_ranges.split(","):
-        shortest, longest = (int(n) for n in prompt_range.split(":"))
-        engine_vs_generate(model, tokenizer, args, shortest, longest)
-    multi_turn_reuse(model, tokenizer, args)
+    ranges = [tuple(int(n) for n in r.split(":")) for r in args.prompt_ranges.split(",")]
+    if "engine_vs_generate" in only:
+        for shortest, longest in ranges:
+            engine_vs_generate(model, tokenizer, args, shortest, longest)
+    if "multi_turn_reuse" in only:
+        multi_turn_reuse(model, tokenizer, args)
+    if "t2po_overhead" in only:
+        t2po_overhead(model, tokenizer, args, *ranges[0])
 
 
 if __name__ == "__main__":

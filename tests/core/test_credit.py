@@ -545,3 +545,37 @@ def test_gigpo_errors():
     example["group_S"] = torch.tensor([5, 6, 5, 5, 5])
     with pytest.raises(ValueError, match="several prompt groups"):
         gigpo_advantages(**example)
+
+
+def t2po_gigpo_example() -> dict:
+    """Spec T7: A visits s0, s1, s2 with rewards 0, 0, 1; B visits s0, s3 with 0, 0; γ = 0.95."""
+    return dict(
+        group_S=torch.tensor([0, 0, 0, 0, 0]),
+        episode_S=torch.tensor([0, 0, 0, 1, 1]),
+        step_S=torch.tensor([0, 1, 2, 0, 1]),
+        anchor_keys=["s0", "s1", "s2", "s0", "s3"],
+        reward_S=torch.tensor([0.0, 0.0, 1.0, 0.0, 0.0]),
+        gamma=0.95,
+    )
+
+
+def test_gigpo_t7_spec_values():
+    # returns A = (0.9025, 0.95, 1), B = (0, 0); A^E = ±(.4, −.6); s0 shared: ±0.45125
+    close(gigpo_advantages(**t2po_gigpo_example()), [0.85125, 0.4, 0.4, -1.05125, -0.6])
+    close(
+        gigpo_advantages(**t2po_gigpo_example(), mode="mean_std_norm"),
+        [1.437401, 0.730295, 0.730295, -1.802549, -1.095443],
+    )
+    close(
+        gigpo_advantages(**t2po_gigpo_example(), episode_stats="episodes"),
+        [0.95125, 0.5, 0.5, -0.95125, -0.5],
+    )
+
+
+def test_gigpo_invalid_action_penalty_after_returns():
+    # A1 is invalid (penalty 0.1): scores (1, 0.9, 1, 0, 0), mean 0.58 → A^E (.42, .32, .42, −.58,
+    # −.58); A1's return 0.95 − 0.1 = 0.85 but it is alone in s1 (0); s0 keeps ±0.45125 because
+    # the penalty comes after the discounted sums (A0's return stays 0.9025)
+    penalty = torch.tensor([0.0, 0.1, 0.0, 0.0, 0.0])
+    got = gigpo_advantages(**t2po_gigpo_example(), penalty_S=penalty)
+    close(got, [0.87125, 0.32, 0.42, -1.03125, -0.58])

@@ -149,3 +149,20 @@ def test_rows_match_paths_and_credit(batch):
             assert bool((rows.adv_BT[b][rows.turn_BT[b] < 0] == 0).all())
             b += 1
     assert b == len(rows.node_paths) == rows.input_ids_BT.shape[0]
+
+
+def test_forced_tokens_are_masked_out_of_the_loss_unless_asked():
+    tree = TurnTree([1, 2])
+    first = tree.add_child(0, act_ids=[5, 6, 7], act_logprobs=[-0.1, -0.2, -0.3])
+    first.act_forced = [False, True, False]
+    tree.add_child(first.id, obs_ids=[8], act_ids=[9, 10], act_logprobs=[-0.4, -0.5])
+    adv = torch.tensor([[1.0, 2.0]])
+    rows = build_rows([tree], [[2]], adv, pad_id=0)
+    # prompt 1 2 | 5 6* 7 | obs 8 | 9 10   (* forced)
+    assert rows.loss_mask_BT.tolist() == [[0, 0, 1, 0, 1, 0, 1, 1]]
+    assert rows.adv_BT.tolist() == [[0, 0, 1, 1, 1, 0, 2, 2]]
+    assert tree.row_tokens(2)[1] == [1, 0, 1, 0, 1, 1]
+    authors = build_rows([tree], [[2]], adv, pad_id=0, train_forced_tokens=True)
+    assert authors.loss_mask_BT.tolist() == [[0, 0, 1, 1, 1, 0, 1, 1]]
+    # the forced token keeps the model's log-prob of it either way (diagnostics)
+    assert authors.old_logp_BT[0, 3] == rows.old_logp_BT[0, 3] == pytest.approx(-0.2)

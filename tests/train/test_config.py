@@ -211,3 +211,27 @@ def test_configs_are_frozen():
     cfg = TrainConfig()
     with pytest.raises(Exception, match="frozen"):
         cfg.optim.lr = 1.0  # type: ignore[misc]
+
+
+def test_t2po_preset_is_gigpo_with_tti_tds_and_the_invalid_action_penalty():
+    cfg = load_config("t2po")
+    assert (cfg.rollout.mode, cfg.credit.estimator, cfg.loss.ratio) == ("chain", "gigpo", "token")
+    assert (cfg.credit.gigpo_gamma, cfg.credit.gigpo_step_weight) == (0.95, 1.0)
+    assert cfg.credit.invalid_action_penalty == 0.1
+    r = cfg.rollout
+    assert r.tti and r.tds and not r.tti_train_forced_tokens
+    assert (r.tti_min_think, r.tti_window, r.tti_max_think, r.tds_max_redraws) == (16, 4, 64, 2)
+    assert (r.uncertainty_alpha, r.uncertainty_top_j) == (0.4, 20)
+    # the ablations and combinations are plain overrides
+    assert not load_config("t2po", ["rollout.tti=false"]).rollout.tti
+    assert not load_config("t2po", ["rollout.tds=false"]).rollout.tds
+    combined = load_config("at2po", ["rollout.tti=true"]).rollout
+    assert combined.mode == "tree" and combined.to_rollout_config().tti
+    assert load_config("gigpo").credit.invalid_action_penalty == 0.0
+
+
+def test_t2po_settings_are_checked():
+    with pytest.raises(ConfigError, match="uncertainty_top_j"):
+        load_config("t2po", ["rollout.uncertainty_top_j=1"])
+    with pytest.raises(ConfigError, match="tti_eps"):
+        load_config("t2po", ["rollout.tti_eps=-1"])

@@ -503,6 +503,7 @@ def gigpo_advantages(
     mode: str = "mean_norm",
     similarity: float | None = None,
     episode_stats: str = "steps",
+    penalty_S: torch.Tensor | None = None,
     eps: float = EPS,
 ) -> torch.Tensor:
     """GiGPO (arXiv 2505.10978 Eq. 8): A = A_episode + w · A_step, one value per step record.
@@ -525,7 +526,8 @@ def gigpo_advantages(
     _, episode = torch.unique(episode_S, return_inverse=True)
     episode_return = torch.zeros(int(episode.max()) + 1, dtype=torch.float64)
     episode_return.index_add_(0, episode, reward_S)
-    score_S = episode_return[episode]
+    penalty_S = torch.zeros_like(reward_S) if penalty_S is None else penalty_S.to(torch.float64)
+    score_S = episode_return[episode] - penalty_S
 
     first_E = torch.full_like(episode_return, len(episode), dtype=torch.long)
     first_E.scatter_reduce_(0, episode, torch.arange(len(episode)), reduce="amin")
@@ -541,7 +543,7 @@ def gigpo_advantages(
     std_S = torch.where(single, 1.0, std_S)
     episode_adv = _normalise(score_S, mean_S, std_S, mode, eps)
 
-    return_S = discounted_returns(reward_S, episode_S, step_S, gamma)
+    return_S = discounted_returns(reward_S, episode_S, step_S, gamma) - penalty_S
     anchor_S = anchor_groups(group_S, anchor_keys, similarity)
     mean_A, std_A, count_A = group_stats(return_S, anchor_S, unbiased=True)
     std_A = torch.where(count_A == 1, 1.0, std_A)

@@ -6,6 +6,11 @@ those tokens carry their behaviour log-prob, their turn's index on the path (0 =
 their turn's advantage. Prompt, observation and padding tokens get loss mask 0, log-prob 0,
 turn −1 and advantage 0.
 
+Tokens forced by T²PO's thinking intervention (``Node.act_forced``) get loss mask 0 by default:
+they were not sampled from the policy, so no ratio of theirs is exact. ``train_forced_tokens``
+keeps them in the loss, as the T²PO authors' code does (their turn index and advantage are set
+either way).
+
 Truncation: with ``max_len`` every row is padded to exactly ``max_len`` tokens, and a row longer
 than that keeps its first ``max_len`` tokens (the prompt must fit; the response loses its tail,
 possibly mid-turn — the kept part of a cut turn keeps that turn's index and advantage).
@@ -29,7 +34,7 @@ class Rows:
     Attributes:
         input_ids_BT: prompt + response ids, right-padded with the pad id (long).
         attention_mask_BT: 1 on prompt and response tokens, 0 on padding (long).
-        loss_mask_BT: 1.0 on sampled tokens, 0.0 elsewhere (float32).
+        loss_mask_BT: 1.0 on sampled tokens (and forced ones if asked), 0.0 elsewhere (float32).
         old_logp_BT: behaviour log-prob of sampled tokens, 0 elsewhere (float32).
         adv_BT: advantage of sampled tokens, 0 elsewhere (float32).
         turn_BT: index on the path of the turn a sampled token belongs to, −1 elsewhere (long).
@@ -56,6 +61,7 @@ def build_rows(
     advantages: torch.Tensor,
     pad_id: int,
     max_len: int | None = None,
+    train_forced_tokens: bool = False,
 ) -> Rows:
     """Lay out the rows of ``trees`` (``leaf_rows[f]``: the leaf of each row of tree ``f``).
 
@@ -117,6 +123,9 @@ def build_rows(
     # masked_scatter fills the True positions row by row, in the order of src
     in_row_BT = torch.arange(width)[None, :] < kept_len_B[:, None]
     ids_S, logp_S, turn_S = store.tensors()
+    trained_S = turn_S >= 0
+    if not train_forced_tokens and store.forced:
+        trained_S[torch.tensor(store.forced, dtype=torch.long)] = False
     input_ids_BT = torch.full((n_rows, width), pad_id, dtype=torch.long)
     input_ids_BT.masked_scatter_(in_row_BT, ids_S[src])
     attention_mask_BT = in_row_BT.long()
@@ -124,7 +133,9 @@ def build_rows(
     turn_BT.masked_scatter_(in_row_BT, turn_S[src])
     old_logp_BT = torch.zeros((n_rows, width), dtype=torch.float32)
     old_logp_BT.masked_scatter_(in_row_BT, logp_S[src])
-    loss_mask_BT = (turn_BT >= 0).to(torch.float32)
+    trained_BT = torch.zeros((n_rows, width), dtype=torch.bool)
+    trained_BT.masked_scatter_(in_row_BT, trained_S[src])
+    loss_mask_BT = trained_BT.to(torch.float32)
     if advantages.dim() == 2:
         adv_BT = scatter_turn_advantages(advantages, turn_BT)
     else:
@@ -155,6 +166,7 @@ class _TokenStore:
         self.logps: list[float] = []
         self.piece_len: list[int] = []
         self.piece_turn: list[int] = []
+        self.forced: list[int] = []
 
     def add_tree(self, tree: TurnTree) -> tuple[list[int], list[int]]:
         """Store ``tree``; return each node's start in the store and its token count."""
@@ -168,6 +180,7 @@ class _TokenStore:
             depth[node.id] = depth[node.parent] + 1  # type: ignore[index]
             starts.append(len(self.ids))
             self.ids += node.obs_ids
+            self.forced += [len(self.ids) + i for i in node.forced_positions()]
             self.ids += node.act_ids
             self.logps += [0.0] * len(node.obs_ids)
             self.logps += node.act_logprobs

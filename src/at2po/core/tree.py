@@ -50,6 +50,16 @@ class Node:
         scores: named sub-scores of that reward, for logging (leaves only; e.g. ``em``, ``f1``).
         picks: the expansion score H − α·b this node had each time expansion picked it for
             re-sampling (empty when never picked; a picked root means a fresh first turn).
+        act_forced: True at each act token that T²PO's thinking intervention forced instead of
+            sampling (empty: none forced). Forced tokens get loss mask 0 unless training on them
+            is asked for (:func:`at2po.core.rows.build_rows`).
+        act_uncertainty: T²PO's M_t of each act token, ``None`` on forced ones (empty when the
+            rollout did not compute it).
+        turn_score: Φ, the floored geometric mean of the turn's M_t (``None`` when not computed).
+        redraws: draws of this turn that T²PO's turn resampling discarded before keeping this one.
+        intervention: why the thinking intervention fired in this turn (``stagnation``/``cap``),
+            or ``None``.
+        invalid: the environment refused this turn's action (invalid-action penalty).
     """
 
     id: int
@@ -62,6 +72,12 @@ class Node:
     reward: float | None = None
     scores: dict[str, float] = field(default_factory=dict)
     picks: list[float] = field(default_factory=list)
+    act_forced: list[bool] = field(default_factory=list)
+    act_uncertainty: list[float | None] = field(default_factory=list)
+    turn_score: float | None = None
+    redraws: int = 0
+    intervention: str | None = None
+    invalid: bool = False
 
     def __post_init__(self) -> None:
         if len(self.act_ids) != len(self.act_logprobs):
@@ -69,10 +85,20 @@ class Node:
                 f"node {self.id}: {len(self.act_ids)} act_ids but "
                 f"{len(self.act_logprobs)} act_logprobs; they must match one to one"
             )
+        for name in ("act_forced", "act_uncertainty"):
+            if getattr(self, name) and len(getattr(self, name)) != len(self.act_ids):
+                raise ValueError(
+                    f"node {self.id}: {len(getattr(self, name))} {name} for "
+                    f"{len(self.act_ids)} act_ids; give one per act token or none"
+                )
         if self.finish is not None and self.finish not in FINISH_REASONS:
             raise ValueError(
                 f"node {self.id}: finish={self.finish!r} is not one of {FINISH_REASONS}"
             )
+
+    def forced_positions(self) -> list[int]:
+        """Indices of the act tokens the thinking intervention forced."""
+        return [i for i, forced in enumerate(self.act_forced) if forced]
 
 
 class TurnTree:
@@ -192,7 +218,8 @@ class TurnTree:
     def row_tokens(self, leaf_id: int) -> tuple[list[int], list[int], list[float]]:
         """Response tokens of the row ending at ``leaf_id``: (ids, loss mask, behaviour log-probs).
 
-        Observation tokens get mask 0 and log-prob 0; sampled tokens mask 1 and their log-prob.
+        Observation tokens get mask 0 and log-prob 0; sampled tokens mask 1 and their log-prob;
+        forced tokens (T²PO) mask 0 and the model's log-prob of them.
         """
         ids: list[int] = []
         mask: list[int] = []
@@ -200,7 +227,7 @@ class TurnTree:
         for node_id in self.path(leaf_id)[1:]:
             node = self.nodes[node_id]
             ids += node.obs_ids + node.act_ids
-            mask += [0] * len(node.obs_ids) + [1] * len(node.act_ids)
+            mask += [0] * len(node.obs_ids) + [int(not f) for f in _forced_flags(node)]
             logps += [0.0] * len(node.obs_ids) + node.act_logprobs
         return ids, mask, logps
 
@@ -233,6 +260,11 @@ class TurnTree:
         )
 
 
+def _forced_flags(node: Node) -> list[bool]:
+    """Whether each act token of ``node`` was forced (all False when none was recorded)."""
+    return node.act_forced or [False] * len(node.act_ids)
+
+
 def subtree(tree: TurnTree, keep_leaves: Iterable[int]) -> tuple[TurnTree, list[int]]:
     """The tree restricted to the paths of ``keep_leaves``, renumbered in the original order.
 
@@ -257,6 +289,8 @@ def subtree(tree: TurnTree, keep_leaves: Iterable[int]) -> tuple[TurnTree, list[
                     act_logprobs=list(node.act_logprobs),
                     scores=dict(node.scores),
                     picks=list(node.picks),
+                    act_forced=list(node.act_forced),
+                    act_uncertainty=list(node.act_uncertainty),
                 )
             )
     return TurnTree(tree.prompt_ids, nodes), new_id

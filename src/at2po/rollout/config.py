@@ -11,7 +11,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from at2po.core.expansion import EXPANSION_MODES, SIBLING_PENALTY
-from at2po.rollout.engine import SamplingParams
+from at2po.core.uncertainty import ALPHA, TOP_J
+from at2po.rollout.engine import InterventionSpec, SamplingParams, UncertaintySpec
+
+TTI_DEFAULTS = {"min_think": 16, "window": 4, "eps": 0.09, "max_think": 64}
+"""The tiny model's TTI defaults (L_min, N, ε, L_max). ε = 0.09 fires on ~15 % of the shipped tiny
+policy's turns at the warm start (``bench/t2po_calibrate.py``, docs/algorithms.md); the published
+Qwen3-4B runs use ε = 1e-4 (paper), L_min 100, 20 consecutive steps, L_max 450–500 (code)."""
+
+TDS_DEFAULTS = {"eta": 0.05, "max_redraws": 2}
+"""The tiny model's TDS defaults (η, B_max): η = 0.05 is the 20th percentile of Γ at the warm
+start; the notes give η = 1e-3 for Qwen3-4B, the released code 0.3 (unwired) and max_try 2."""
 
 ROLLOUT_MODES = ("chain", "tree", "branching")
 """``chain``: n independent trajectories; ``tree``: AT²PO phases (random expansion = Tree-GRPO);
@@ -49,6 +59,20 @@ class RolloutConfig:
         tool_timeout_s: an env step that takes longer (or raises) ends its trajectory (finish
             ``error``); the search tool has its own, shorter, per-call timeout and retries.
         seed: seeds expansion picks, leaf sampling and every request's sampling stream.
+        record_uncertainty: compute T²PO's M_t of every sampled token (implied by ``tti`` and
+            ``tds``) and log it (``t2po/*`` metrics).
+        uncertainty_alpha: α of ``M = α·H̃ + (1 − α)·(1 − C̃)``.
+        uncertainty_top_j: j of the top-j confidence (≥ 2).
+        tti: T²PO's thinking intervention: after ``tti_min_think`` thinking tokens, when the
+            mean of the last ``tti_window`` + 1 values of |ΔM| drops below ``tti_eps`` (or after
+            ``tti_max_think`` thinking tokens), force the env's ``intervention_text``.
+        tti_min_think, tti_window, tti_eps, tti_max_think: L_min, N, ε, L_max.
+        tti_train_forced_tokens: keep forced tokens in the policy loss (the T²PO authors' code);
+            off, they get loss mask 0 like observations and every trained log-prob is exact.
+        tds: T²PO's turn resampling: while ``Γ = |Φ − Φ_prev| < tds_eta`` and fewer than
+            ``tds_max_redraws`` redraws ran, draw the turn again from the same state before the
+            env steps (the last draw is kept; discarded draws count as generated tokens).
+        tds_eta, tds_max_redraws: η and B_max.
 
     The defaults, sized for a CPU (trees of M = 4 chains, L = 2 rounds of K = 2, N = 8 leaves;
     the paper grows M = 10, L = 2, K = 6, N = 22), are also those of the ``rollout`` section of
@@ -74,6 +98,18 @@ class RolloutConfig:
     tool_workers: int = 16
     tool_timeout_s: float = 60.0
     seed: int = 0
+    record_uncertainty: bool = False
+    uncertainty_alpha: float = ALPHA
+    uncertainty_top_j: int = TOP_J
+    tti: bool = False
+    tti_min_think: int = TTI_DEFAULTS["min_think"]
+    tti_window: int = TTI_DEFAULTS["window"]
+    tti_eps: float = TTI_DEFAULTS["eps"]
+    tti_max_think: int = TTI_DEFAULTS["max_think"]
+    tti_train_forced_tokens: bool = False
+    tds: bool = False
+    tds_eta: float = TDS_DEFAULTS["eta"]
+    tds_max_redraws: int = TDS_DEFAULTS["max_redraws"]
 
     def __post_init__(self) -> None:
         if self.mode not in ROLLOUT_MODES:
@@ -99,6 +135,39 @@ class RolloutConfig:
                 f"max_response_tokens={self.max_response_tokens} must be positive and below "
                 f"max_context_tokens={self.max_context_tokens} (the prompt needs room too)"
             )
+
+        if self.tds_max_redraws < 0 or self.tds_eta < 0:
+            raise ValueError(
+                f"tds_max_redraws={self.tds_max_redraws} and tds_eta={self.tds_eta} must be >= 0"
+            )
+
+        self.uncertainty_spec()  # the engine's own checks of α and j
+        self.intervention_spec((0,), None)  # and of L_min, N, ε, L_max
+
+    def uncertainty_spec(
+        self, bounds: tuple[float, float, float, float] | None = None
+    ) -> UncertaintySpec:
+        """The engine request's uncertainty settings, starting from a trajectory's ``bounds``."""
+        extra = {} if bounds is None else {"bounds": bounds}
+        return UncertaintySpec(self.uncertainty_alpha, self.uncertainty_top_j, **extra)
+
+    def intervention_spec(
+        self, forced_ids: tuple[int, ...], think_start_id: int | None
+    ) -> InterventionSpec:
+        """The engine request's TTI settings with the task's forced ids."""
+        return InterventionSpec(
+            forced_ids=forced_ids,
+            min_think=self.tti_min_think,
+            window=self.tti_window,
+            eps=self.tti_eps,
+            max_think=self.tti_max_think,
+            think_start_id=think_start_id,
+        )
+
+    @property
+    def wants_uncertainty(self) -> bool:
+        """Whether the engine computes M_t (asked for, or needed by TTI or TDS)."""
+        return self.record_uncertainty or self.tti or self.tds
 
     @property
     def initial_chains(self) -> int:

@@ -30,8 +30,20 @@ SCORES = ("em", "f1", "format_ok", "answered", "tool_calls")
 
 
 def eval_rollout_config(cfg: RolloutConfig) -> RolloutConfig:
-    """``cfg``'s budgets with one greedy chain per question."""
-    return replace(cfg, mode="chain", n_rows=1, sampling=SamplingParams(greedy=True), seed=0)
+    """``cfg``'s budgets with one greedy chain per question.
+
+    T²PO's intervention and turn resampling are training-time exploration control: evaluation
+    measures the policy alone, so both are off (a greedy redraw would repeat the turn anyway).
+    """
+    return replace(
+        cfg,
+        mode="chain",
+        n_rows=1,
+        sampling=SamplingParams(greedy=True),
+        seed=0,
+        tti=False,
+        tds=False,
+    )
 
 
 def evaluate(

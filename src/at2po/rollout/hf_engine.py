@@ -16,6 +16,10 @@ How one ``generate`` call runs (requests are taken ``max_batch_size`` at a time)
    stop string in the decoded tail of its own generated tokens, or its own budget; it then leaves
    the batch, and its keys/values (context plus generated tokens but the last, which was never
    run) go into the prefix cache.
+4. **T²PO.** When a request asks for uncertainty, every step also computes H_t, C_t and M_t of
+   every row from the distribution the token was drawn from, and applies the thinking
+   intervention of rows that have one (:class:`~at2po.rollout.intervention.ThinkState`, per-row
+   tensors, no loop over rows).
 
 The prefix cache is emptied whenever the model's parameters changed since the last call (checked
 through the parameters' in-place version counters), so keys/values of an older policy are never
@@ -27,7 +31,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -44,6 +48,7 @@ from at2po.rollout.engine import (
     GenerationRequest,
     GenerationResult,
 )
+from at2po.rollout.intervention import StepOutput, ThinkState
 from at2po.rollout.kv_cache import ROOM_STEP, batched_cache, row_kv
 from at2po.rollout.prefix_cache import PrefixCache, common_prefix_length
 from at2po.rollout.sampling import choose_tokens, entropy, tempered_logprobs
@@ -62,9 +67,12 @@ class _Rows:
     greedy_B: torch.Tensor
     top_k_B: torch.Tensor
     top_p_B: torch.Tensor
+    think: ThinkState | None
 
     def select(self, keep_B: torch.Tensor) -> _Rows:
-        return _Rows(**{f.name: getattr(self, f.name)[keep_B] for f in fields(self)})
+        values = {f.name: getattr(self, f.name)[keep_B] for f in fields(self) if f.name != "think"}
+        think = None if self.think is None else self.think.select(keep_B)
+        return _Rows(**values, think=think)
 
 
 @dataclass
@@ -84,6 +92,10 @@ class _Draft:
     logprobs: list[float]
     forced: list[bool]
     entropies: list[float]
+    uncertainty: list[float] = field(default_factory=list)
+    confidences: list[float] = field(default_factory=list)
+    bounds: tuple[float, float, float, float] | None = None
+    intervention: str | None = None
 
 
 class HFEngine:
@@ -235,9 +247,13 @@ class HFEngine:
                 forced_mask=tuple(d.forced),
                 finish_reason=finish_reason,
                 stop_string=stop_string,
-                entropies=tuple(d.entropies) if r.return_entropy else None,
+                entropies=tuple(d.entropies) if r.return_entropy or r.uncertainty else None,
                 prefill_tokens=prefill,
                 cached_tokens=cached,
+                uncertainty=tuple(d.uncertainty) if r.uncertainty else None,
+                confidences=tuple(d.confidences) if r.uncertainty else None,
+                bounds=d.bounds if r.uncertainty else None,
+                intervention=d.intervention,
             )
             for r, (d, finish_reason, stop_string), prefill, cached in zip(
                 requests, drafts, prefill_tokens, cached_tokens, strict=True
@@ -363,6 +379,7 @@ class HFEngine:
             greedy_B=per_row([r.sampling.greedy for r in requests], torch.bool),
             top_k_B=per_row([r.sampling.top_k for r in requests], torch.long),
             top_p_B=per_row([r.sampling.top_p for r in requests], torch.float32),
+            think=ThinkState.for_requests(requests, self.device, self.vocab_size),
         )
 
     def _decode(
@@ -379,7 +396,7 @@ class HFEngine:
         matchers = [self._matcher(r.stop_strings) for r in requests]
         stop_ids = [frozenset(r.stop_token_ids) for r in requests]
         truncates = any(r.sampling.truncates for r in requests)
-        want_entropy = any(r.return_entropy for r in requests)
+        want_entropy = any(r.return_entropy or r.uncertainty for r in requests)
         active = list(range(len(requests)))
         step = 0
         while True:
@@ -392,10 +409,18 @@ class HFEngine:
                 rows.top_k_B if truncates else None,
                 rows.top_p_B if truncates else None,
             )
+            think = rows.think.step(logp_BV, token_B) if rows.think is not None else None
+            if think is not None:
+                token_B = think.token_B
             forced_rows = self._apply_hooks(requests, drafts, active, token_B)
             tokens = token_B.tolist()
             logprobs = logp_BV.gather(1, token_B[:, None]).squeeze(1).tolist()
-            entropies = entropy(logp_BV).tolist() if want_entropy else None
+            uncertainty = confidences = None
+            if think is not None:
+                forced, entropies, confidences, uncertainty = _columns(think)
+                forced_rows |= {row for row, f in enumerate(forced) if f}
+            else:
+                entropies = entropy(logp_BV).tolist() if want_entropy else None
 
             done_rows = []
             for row, index in enumerate(active):
@@ -405,6 +430,9 @@ class HFEngine:
                 draft.forced.append(row in forced_rows)
                 if entropies is not None:
                     draft.entropies.append(entropies[row])
+                if uncertainty is not None and confidences is not None:
+                    draft.uncertainty.append(uncertainty[row])
+                    draft.confidences.append(confidences[row])
                 stop_string = None
                 if tokens[row] in stop_ids[index]:
                     reason = FINISH_STOP_TOKEN
@@ -416,6 +444,9 @@ class HFEngine:
                     continue
                 finished[index] = (draft, reason, stop_string)
                 done_rows.append(row)
+                if rows.think is not None:
+                    draft.bounds = rows.think.bounds(row)
+                    draft.intervention = rows.think.intervention(row)
                 if self.reuse_prefix_cache:
                     sequence = np.concatenate([contexts[index], draft.token_ids[:-1]])
                     self.prefix_cache.insert(sequence, row_kv(cache, rows.mask_BS, row))
@@ -461,6 +492,19 @@ class HFEngine:
         if forced:
             token_B[list(forced)] = torch.tensor(list(forced.values()), device=token_B.device)
         return set(forced)
+
+
+def _columns(think: StepOutput) -> tuple[list[bool], list[float], list[float], list[float]]:
+    """Forced flags, H_t, C_t and M_t of a T²PO step as Python lists (one transfer)."""
+    stacked = torch.stack(
+        [
+            think.forced_B.double(),
+            think.entropy_B.double(),
+            think.confidence_B.double(),
+            think.uncertainty_B.double(),
+        ]
+    ).tolist()
+    return [f == 1.0 for f in stacked[0]], stacked[1], stacked[2], stacked[3]
 
 
 def _require_full_attention(config: Any) -> None:

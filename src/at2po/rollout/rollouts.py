@@ -22,6 +22,7 @@ Every generation round batches the pending turns of all trees of the batch into 
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections.abc import Sequence
@@ -29,12 +30,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from at2po.core.expansion import arpo_should_branch, expansion_scores, select_expansion_nodes
 from at2po.core.tree import TurnTree, sample_leaves
 from at2po.rollout.codec import Codec
 from at2po.rollout.config import RolloutConfig
 from at2po.rollout.engine import Engine
-from at2po.rollout.turns import PendingTurn, TreeState, TurnRunner
+from at2po.rollout.turns import PendingTurn, RoundStats, TreeState, TurnRunner
 
 
 @dataclass(frozen=True)
@@ -208,8 +211,43 @@ def _metrics(
         "perf/seconds_generate": stats.seconds_generate,
         "perf/seconds_tools": stats.seconds_tools,
     }
+    out |= _t2po_metrics(full_trees, stats)
     if picked_h:
         out["tree/picked_entropy"] = sum(picked_h) / len(picked_h)
     if unpicked_h:
         out["tree/unpicked_entropy"] = sum(unpicked_h) / len(unpicked_h)
     return out
+
+
+def _t2po_metrics(full_trees: Sequence[TurnTree], stats: RoundStats) -> dict[str, float]:
+    """T²PO metrics over every turn generated (``t2po/*``; empty when M_t was not computed).
+
+    ``uncertainty_turn_*``: the mean and the 10/50/90th percentiles of the turns' mean M_t;
+    ``tti_fire_rate``: share of turns where TTI intervened; ``forced_tokens``: tokens it forced;
+    ``tds_resample_rate``: share of eligible turns (those with a previous turn) drawn again;
+    ``tds_tries_mean``: draws per eligible turn; ``tds_redraw_tokens``: tokens of discarded draws.
+    """
+    turns = [n for t in full_trees for n in t.nodes[1:] if n.act_uncertainty]
+    if not turns:
+        return {}
+    means = torch.tensor(
+        [_mean([m for m in n.act_uncertainty if m is not None]) for n in turns],
+        dtype=torch.float64,
+    )
+    quantiles = means.nanquantile(torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)).tolist()
+    eligible = max(1, stats.tds_eligible)
+    return {
+        "t2po/uncertainty_turn_mean": float(means.nanmean()),
+        "t2po/uncertainty_turn_p10": quantiles[0],
+        "t2po/uncertainty_turn_p50": quantiles[1],
+        "t2po/uncertainty_turn_p90": quantiles[2],
+        "t2po/tti_fire_rate": sum(n.intervention is not None for n in turns) / len(turns),
+        "t2po/forced_tokens": float(sum(sum(n.act_forced) for n in turns)),
+        "t2po/tds_resample_rate": stats.tds_redrawn_turns / eligible,
+        "t2po/tds_tries_mean": (stats.tds_eligible + stats.tds_redraws) / eligible,
+        "t2po/tds_redraw_tokens": float(stats.tds_redraw_tokens),
+    }
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values) if values else math.nan

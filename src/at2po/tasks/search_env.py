@@ -138,6 +138,10 @@ class SearchQAEnv:
     """Question answering with a search tool; see the module docstring for the step rules."""
 
     stop_strings: tuple[str, ...] = STOP_STRINGS
+    think_tags: tuple[str | None, str] = ("<think>", "</think>")
+    """T²PO's thinking intervention: the tags of the thinking block."""
+    intervention_text: str = "</think>\n"
+    """What TTI forces: the model still chooses between <search> and <answer> itself."""
 
     def __init__(
         self,

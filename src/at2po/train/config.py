@@ -308,6 +308,61 @@ class RolloutSection(Section):
         gt=0,
         description="Seconds an env step may take; a slower one ends its trajectory.",
     )
+    record_uncertainty: bool = Field(
+        _ROLLOUT.record_uncertainty,
+        description="T²PO: compute the uncertainty M_t of every sampled token and log it "
+        "(`t2po/*`); implied by `tti` and `tds`.",
+    )
+    uncertainty_alpha: float = Field(
+        _ROLLOUT.uncertainty_alpha,
+        ge=0,
+        le=1,
+        description="T²PO: α in M = α·H̃ + (1 − α)·(1 − C̃) (paper: 0.4).",
+    )
+    uncertainty_top_j: int = Field(
+        _ROLLOUT.uncertainty_top_j,
+        ge=2,
+        description="T²PO: j of the top-j confidence C (≥ 2; DeepConf's 20).",
+    )
+    tti: bool = Field(
+        _ROLLOUT.tti,
+        description="T²PO thinking intervention: force the task's `</think>` + structural tokens "
+        "when M_t stagnates or the thinking cap is reached (at most once per turn).",
+    )
+    tti_min_think: int = Field(
+        _ROLLOUT.tti_min_think, ge=1, description="TTI: L_min, thinking tokens before monitoring."
+    )
+    tti_window: int = Field(
+        _ROLLOUT.tti_window, ge=1, description="TTI: N; the mean runs over N + 1 deltas of M_t."
+    )
+    tti_eps: float = Field(
+        _ROLLOUT.tti_eps,
+        ge=0,
+        description="TTI: ε; fires when the window mean of |ΔM| drops below it (tiny: 0.09, "
+        "~15 % of warm-start turns; paper: 1e-4 for Qwen3-4B).",
+    )
+    tti_max_think: int = Field(
+        _ROLLOUT.tti_max_think, ge=1, description="TTI: L_max, the hard thinking cap."
+    )
+    tti_train_forced_tokens: bool = Field(
+        _ROLLOUT.tti_train_forced_tokens,
+        description="TTI: train on forced tokens as the authors' code does (false: loss mask 0, "
+        "every trained log-prob is the sampler's).",
+    )
+    tds: bool = Field(
+        _ROLLOUT.tds,
+        description="T²PO turn resampling: redraw a turn from the same state while "
+        "Γ = |Φ − Φ_prev| < tds_eta, at most tds_max_redraws times, before the env steps.",
+    )
+    tds_eta: float = Field(
+        _ROLLOUT.tds_eta,
+        ge=0,
+        description="TDS: η (tiny: 0.05, Γ's 20th percentile at the warm start; notes: 1e-3 "
+        "for Qwen3-4B).",
+    )
+    tds_max_redraws: int = Field(
+        _ROLLOUT.tds_max_redraws, ge=0, description="TDS: B_max, redraws per turn."
+    )
     engine_batch_size: int = Field(64, ge=1, description="Sequences decoded together.")
     prefix_cache_tokens: int = Field(
         32768, ge=0, description="Tokens of keys/values the engine's prefix cache keeps (0: off)."
@@ -363,6 +418,12 @@ class CreditConfig(Section):
     gigpo_step_weight: float = Field(1.0, description="GiGPO: weight ω of the step advantage.")
     gigpo_mode: GigpoMode = Field(
         "mean_norm", description="GiGPO: centre (`mean_norm`) or z-score (`mean_std_norm`)."
+    )
+    invalid_action_penalty: float = Field(
+        0.0,
+        ge=0,
+        description="GiGPO: subtracted from the episode score and step return of turns whose "
+        "action the env refused (T²PO: 0.1; 0: off).",
     )
     gigpo_similarity: float | None = Field(
         None,

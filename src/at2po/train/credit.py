@@ -9,7 +9,9 @@ The rows are the groups' ``row_leaves``, tree by tree; a row's reward is its lea
   subtrees of each first turn (a row's tree id is the first node of its path).
 * ``gigpo``: :func:`at2po.core.credit.gigpo_advantages` with one step per (row, turn): the episode
   is the row, the reward sits on its last turn, and the anchor state of a turn is the observation
-  it acted on (the prompt for first turns, else the tool result before it).
+  it acted on (the prompt for first turns, else the tool result before it). With
+  ``invalid_action_penalty`` (T²PO: 0.1), turns whose action the env refused (``Node.invalid``)
+  lose that much from their episode score and step return, after the returns are computed.
 
 DAPO's soft overlong punishment (Yu et al. 2025, arXiv 2503.14476 Eq. 13) adds to the reward of a
 response of L tokens (observations included), with L_max = ``max_response_tokens`` and buffer
@@ -145,6 +147,14 @@ def _gigpo(
         step_S,
         keys,
         torch.where(last_S, reward_B[row_S], 0.0),
+        penalty_S=torch.tensor(
+            [
+                cfg.invalid_action_penalty * tree.nodes[node].invalid
+                for tree, path in zip(trees, paths, strict=True)
+                for node in path
+            ],
+            dtype=torch.float64,
+        ),
         gamma=cfg.gigpo_gamma,
         step_weight=cfg.gigpo_step_weight,
         mode=cfg.gigpo_mode,

@@ -15,7 +15,7 @@ import yaml
 CONFIG_DIR = Path(__file__).resolve().parents[3] / "configs"
 """The repository's ``configs/`` folder, where the presets live."""
 
-ALGORITHMS = ("at2po", "grpo", "dapo", "gspo", "aepo", "tree_grpo", "gigpo")
+ALGORITHMS = ("at2po", "grpo", "dapo", "gspo", "aepo", "tree_grpo", "gigpo", "t2po")
 """The algorithm presets of DESIGN §4 (one name picks rollout, credit and loss)."""
 
 

@@ -110,6 +110,7 @@ class StepRunner:
             credit.leaf_rows,
             credit.advantages,
             self.tokenizer.eos_token_id if pad_id is None else pad_id,
+            train_forced_tokens=cfg.rollout.tti_train_forced_tokens,
         )
         metrics |= credit.metrics
         seconds["credit"] = time.perf_counter() - clock

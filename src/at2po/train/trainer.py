@@ -36,6 +36,7 @@ from rich.console import Console
 from at2po.core.losses import PolicyLossConfig
 from at2po.rollout.codec import Codec
 from at2po.rollout.evaluate import evaluate
+from at2po.rollout.turns import intervention_ids
 from at2po.tasks.datasets import QAExample
 from at2po.train.checkpoint import (
     Checkpoint,
@@ -130,6 +131,7 @@ class Trainer:
         if cfg.loss.uses_reference:
             reference = load_model(initial_dir, cfg.model, trainable=False)
         self.codec = Codec.from_tokenizer(self.tokenizer)
+        _check_intervention(cfg, self.codec, self.task)
         self.engine = build_engine(self.model, self.tokenizer, cfg.rollout)
         self.rollout_cfg = cfg.rollout.to_rollout_config()
         optimizer, scheduler = build_optimizer(self.model, cfg.optim, cfg.train.steps)
@@ -342,3 +344,13 @@ class Trainer:
     def _say(self, text: str) -> None:
         """One line to the console, whatever ``train.progress`` says."""
         self.console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+def _check_intervention(cfg: TrainConfig, codec: Codec, task: Task) -> None:
+    """With ``rollout.tti``, the task and tokenizer must define what TTI forces (a ConfigError)."""
+    if not cfg.rollout.tti:
+        return
+    try:
+        intervention_ids(codec, task.env)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
