@@ -28,6 +28,7 @@ from at2po.rollout.codec import Codec
 from at2po.rollout.config import RolloutConfig
 from at2po.rollout.hf_engine import HFEngine
 from at2po.rollout.rollouts import rollout
+from at2po.rollout.turns import intervention_ids
 from at2po.tasks.games import SMALL_SETTINGS, GameEnv, GameEnvConfig, GameExample, JvmHost
 from at2po.train.config import load_config
 from at2po.train.policy import load_tokenizer
@@ -170,3 +171,22 @@ def test_a_jvm_killed_mid_rollout_ends_only_its_trajectories(game_policy_dir):
         assert after.metrics["rollout/tool_errors"] == 0
     finally:
         host.close()
+
+
+def test_t2po_trains_two_steps_on_the_game(game_policy_dir, tmp_path):
+    """T²PO on the game: TTI forces `</think>`, a newline and `<action>` (each one token of the
+    game tokenizer), TDS redraws turns, and the step logs the t2po/* metrics."""
+    t2po = ["rollout.tti=true", "rollout.tds=true", "credit.invalid_action_penalty=0.1"]
+    cfg = load_config(str(CONFIG), [*game_overrides(game_policy_dir, tmp_path / "run"), *t2po])
+    trainer = Trainer(cfg)
+    tokenizer = trainer.tokenizer
+    forced, think_start = intervention_ids(trainer.codec, trainer.task.env)
+    assert tokenizer.convert_ids_to_tokens([think_start]) == ["<think>"]
+    assert tokenizer.decode(list(forced)) == "</think>\n<action>"
+    assert forced[0] == tokenizer.convert_tokens_to_ids("</think>")
+    assert forced[-1] == tokenizer.convert_tokens_to_ids("<action>")
+    trainer.train()
+    records = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    steps = [r for r in records if r["step"] > 0]
+    assert len(steps) == 2
+    assert all(0.0 <= r["t2po/tds_resample_rate"] <= 1.0 for r in steps)

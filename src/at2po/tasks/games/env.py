@@ -281,6 +281,10 @@ class GameEnv:
     """Text games behind the search-QA environment interface (module docstring)."""
 
     stop_strings: tuple[str, ...] = STOP_STRINGS
+    # T²PO's thinking intervention (at2po.rollout.turns.intervention_ids): a forced end of thought
+    # leads straight into the action block, so the policy still chooses the action.
+    think_tags: tuple[str | None, str] = ("<think>", "</think>")
+    intervention_text: str = "</think>\n<action>"
 
     def __init__(self, config: GameEnvConfig | None = None, host: JvmHost | None = None) -> None:
         self.config = config or GameEnvConfig()
