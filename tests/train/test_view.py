@@ -52,9 +52,24 @@ def compared(run: Path) -> Path:
     tree_file = root / "at2po" / "seed0" / "trees" / "step_000002.json"
     record = json.loads(tree_file.read_text(encoding="utf-8"))
     record["groups"][0]["example"]["question"] = NASTY
+    _mark_as_t2po(record["groups"][0])
     tree_file.write_text(json.dumps(record), encoding="utf-8")
     _strip_to_old_format(root / "grpo" / "seed0" / "trees" / "step_000001.json")
     return root
+
+
+def _mark_as_t2po(group: dict) -> None:
+    """Give the group's first row leaf the fields a T²PO rollout records: the thinking
+    intervention fired (its last two tokens forced), two discarded redraws, Φ and M_t."""
+    node = group["tree"]["nodes"][group["row_leaves"][0]]
+    n = len(node["act_ids"])
+    node.update(
+        intervention="stagnation",
+        redraws=2,
+        turn_score=0.4321,
+        act_forced=[False] * (n - 2) + [True, True],
+        act_uncertainty=[0.25] * (n - 2) + [None, None],
+    )
 
 
 def _strip_to_old_format(tree_file: Path) -> None:
@@ -244,6 +259,27 @@ def test_clicking_a_leaf_shows_its_tokens_with_their_log_probs(page, compared: P
         detail.find_element("css selector", "pre.act").get_attribute("textContent")
         == (group["turns"][leaf]["act"])
     )
+
+
+def test_t2po_interventions_redraws_and_forced_tokens_are_shown(page, compared: Path):
+    group = _record(compared / "at2po" / "seed0", 2)["groups"][0]
+    leaf = group["row_leaves"][0]
+    box = page.find_element("css selector", f'g.tree-node[data-node-id="{leaf}"]')
+    assert "TTI" in box.text and "↻2" in box.text
+    box.click()
+    detail = page.find_element("id", "node-detail")
+    badges = {
+        b.get_attribute("data-badge"): b.text
+        for b in detail.find_elements("css selector", "[data-badge]")
+    }
+    assert badges["TTI"] == "TTI stagnation"
+    assert badges["redraws"] == "redraws 2"
+    assert badges["Φ"] == "Φ 0.432"
+    tokens = detail.find_elements("css selector", ".token")
+    forced = [i for i, t in enumerate(tokens) if "forced" in t.get_attribute("class").split()]
+    assert forced == [len(tokens) - 2, len(tokens) - 1]
+    assert "M 0.250" in tokens[0].get_attribute("title")
+    assert "forced by TTI" in tokens[-1].get_attribute("title")
 
 
 def test_curves_overlay_both_runs_against_steps_and_tokens(page, compared: Path):

@@ -185,6 +185,8 @@
       let expansion = `H ${num(node.entropy)}`;
       if (turn && turn.score !== null) expansion += `  S ${num(turn.score)}`;
       if (node.picks && node.picks.length) expansion += `  ★${node.picks.length}`;
+      if (node.intervention) expansion += "  TTI";
+      if (node.redraws) expansion += `  ↻${node.redraws}`;
       lines.push(expansion);
     } else if (node.picks && node.picks.length) {
       lines.push(`★${node.picks.length} fresh chains`);
@@ -260,6 +262,9 @@
     add("H", num(node.entropy));
     if (turn && turn.score !== null) add("score H−α·b", num(turn.score));
     add("picked", (node.picks || []).length ? node.picks.map((s) => num(s)).join(", ") : "no");
+    if (node.turn_score !== null && node.turn_score !== undefined) add("Φ", num(node.turn_score));
+    if (node.intervention) add("TTI", node.intervention);
+    if (node.redraws) add("redraws", node.redraws);
     if (turn && turn.value !== null) add("V", signed(turn.value));
     if (turn) add("A", signed(turn.advantage));
     if (node.reward !== null && node.reward !== undefined) {
@@ -286,8 +291,12 @@
     const tokens = el("div", { class: "tokens" });
     turn.tokens.forEach((text, i) => {
       const lp = node.act_logprobs[i];
-      const span = el("span", { class: "token", "data-logprob": lp,
-        title: `token id ${node.act_ids[i]} · log p ${lp.toFixed(4)} · p ${Math.exp(lp).toFixed(3)}`,
+      const forced = Boolean((node.act_forced || [])[i]);
+      const m = (node.act_uncertainty || [])[i];
+      const t2po = (forced ? " · forced by TTI" : "") +
+        (m !== null && m !== undefined ? ` · M ${m.toFixed(3)}` : "");
+      const span = el("span", { class: forced ? "token forced" : "token", "data-logprob": lp,
+        title: `token id ${node.act_ids[i]} · log p ${lp.toFixed(4)} · p ${Math.exp(lp).toFixed(3)}` + t2po,
         style: `background:${tokenColour(lp)}` },
       el("span", { class: "text" }, text.replace(/\n/g, "↵")), el("span", { class: "lp" }, lp.toFixed(3)));
       tokens.append(span);
@@ -308,6 +317,7 @@
     box.append(el("p", { class: "muted" },
       "Fill: advantage A (", el("span", { class: "scale" }), " negative → positive). " +
       "H: turn entropy; S: expansion score H − α·siblings; ★n: picked n times for re-sampling; " +
+      "TTI: T²PO's thinking intervention fired; ↻n: T²PO redrew the turn n times; " +
       "R/EM/F1/fmt on leaves; row×n: training rows ending there. Click a node for its text and tokens."));
     const detailSlot = el("div");
     let selected = null;
