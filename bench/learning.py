@@ -5,10 +5,11 @@ each with ``metrics.jsonl``) and prints, per run: ``preset``, ``seed``, ``genera
 (training rollouts), ``em_before``, ``em_after``, ``em_best`` (greedy held-out EM on the run's
 eval split), ``novel_em_before``, ``novel_em_after`` (the novel-name world), ``wall_s`` (from
 the run's first to last metrics record), ``tokens_to_reach`` (generated tokens at the first
-evaluation whose EM reaches ``--reference``'s mean final EM; null if never) and ``commit``.
+evaluation whose EM reaches ``--reference``'s mean final EM; null if never), ``task`` and
+``commit``.
 
 Usage: ``python bench/learning.py runs/compare [--reference grpo] [--label quickstart]
-[--commit HASH]``.
+[--task search] [--commit HASH]``.
 """
 
 from __future__ import annotations
@@ -59,6 +60,9 @@ def main() -> None:
     parser.add_argument("root", type=Path, help="directory holding <preset>/seed<k>/ runs")
     parser.add_argument("--reference", default="grpo", help="preset whose final EM is the bar")
     parser.add_argument("--label", default=None, help="a name for this experiment, stored as-is")
+    parser.add_argument(
+        "--task", default="search", help="the task the runs trained on (search, twc)"
+    )
     parser.add_argument("--commit", default=None, help="the commit the runs ran (default: HEAD)")
     args = parser.parse_args()
     commit = (
@@ -75,6 +79,7 @@ def main() -> None:
         run["tokens_to_reach"] = None if target is None else tokens_to_reach(curve, target)
         run["reference_em"] = target
         run["label"] = args.label
+        run["task"] = args.task
         run["commit"] = commit
         print(json.dumps(run))
 
