@@ -181,6 +181,22 @@ def test_entropy_weights():
     assert root_value(tree, [3, 4, 5], "entropy_linear", "none") == pytest.approx(1.0)
 
 
+def test_entropy_linear_with_subnormal_entropies_stays_a_weighted_mean():
+    """Found by hypothesis in CI: child weights H(c) ≈ 5e-324 rounded H·V to the same subnormal,
+    so V(p) came out 1.0 for two children whose (z-scored) value is 0.7071."""
+    tree = TurnTree([1])
+    tree.add_child(0, entropy=0.5)
+    tree.add_child(0, entropy=0.5)
+    tree.add_child(1, entropy=5e-324, reward=1.0)
+    tree.add_child(1, entropy=5e-324, reward=1.0)
+    tree.add_child(2, entropy=0.5, reward=0.0)
+    forest = Forest.from_trees([tree], [[3, 4, 5]])
+    child_value = float(leaf_values(forest, "zscore")[3])
+    assert child_value == pytest.approx(1 / math.sqrt(2), abs=1e-5)
+    credit = tree_credit(forest, "entropy_linear", leaf_norm="zscore")
+    assert float(credit.value_G[1]) == pytest.approx(child_value, abs=1e-12)
+
+
 def test_duplicate_rows_change_the_normalisation_not_the_backup():
     tree = uneven_tree()
     # rows p1, p2, q1, q1: rewards (1, 1, 0, 0), μ = ½, σ = ½ → z = ±½/(½ + ε) ≈ ±1

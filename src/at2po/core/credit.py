@@ -318,8 +318,11 @@ def _child_weights(
         peak.scatter_reduce_(0, parent_C, entropy_C, reduce="amax")
         return torch.exp(entropy_C - peak[parent_C])
     if value_mode == "entropy_linear":
-        total = torch.zeros(n_nodes, dtype=torch.float64).index_add_(0, parent_C, entropy_C)
-        return torch.where(total[parent_C] == 0, 1.0, entropy_C)
+        # H(c) / max over siblings: the same weighted mean as H(c) / Σ H, but with weights in
+        # [0, 1], so subnormal entropies (~1e-320) do not lose the value's precision in Σ H·V.
+        peak = torch.zeros(n_nodes, dtype=torch.float64)
+        peak.scatter_reduce_(0, parent_C, entropy_C, reduce="amax")
+        return torch.where(peak[parent_C] == 0, 1.0, entropy_C / peak[parent_C])
     return torch.ones_like(entropy_C)
 
 
