@@ -47,7 +47,7 @@ from at2po.models.packaged import install_packaged, packaged_model, packaged_set
 from at2po.models.paths import model_dir, staged_dir
 from at2po.models.sft import SFTConfig, train_sft
 from at2po.models.sft_data import SFTExample, render_episode
-from at2po.models.tiny import TinyModelConfig, build_tiny_model, tiny_llama_config
+from at2po.models.tiny import TinyModelConfig, tiny_model_for
 from at2po.models.tokenizer import train_tokenizer
 from at2po.rollout.codec import Codec
 from at2po.rollout.config import RolloutConfig
@@ -197,15 +197,7 @@ def build_tiny_policy(out_dir: Path, cfg: BootstrapConfig, console: Console) -> 
         f"{demo_em:.3f}, {sum(len(r) for r in rows) / len(rows):.0f} tokens per row"
     )
 
-    model = build_tiny_model(
-        tiny_llama_config(
-            cfg.model,
-            vocab_size=len(tokenizer),
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        ),
-        seed=cfg.seed,
-    ).to(device)
+    model = tiny_model_for(cfg.model, tokenizer, cfg.seed).to(device)
     n_params = sum(p.numel() for p in model.parameters())
     sft_cfg = _with_seed(cfg.sft, cfg.seed)
     log(f"SFT: {n_params / 1e6:.2f}M parameters, {sft_cfg.steps} steps on {device.type}")

@@ -32,7 +32,7 @@ from at2po.models.bootstrap import _device
 from at2po.models.paths import model_dir, staged_dir
 from at2po.models.sft import SFTConfig, train_sft
 from at2po.models.sft_data import render_episode
-from at2po.models.tiny import TinyModelConfig, build_tiny_model, tiny_llama_config
+from at2po.models.tiny import TinyModelConfig, tiny_model_for
 from at2po.models.tokenizer import train_tokenizer
 from at2po.rollout.codec import Codec
 from at2po.rollout.config import RolloutConfig
@@ -116,15 +116,7 @@ def build_game_policy(out_dir: Path, cfg: GameBootstrapConfig, console: Console)
     rows = [render_episode(codec, state) for state in episodes]
     log(f"tokenizer: {len(tokenizer)} ids; {sum(map(len, rows)) / len(rows):.0f} tokens per row")
     device = _device(cfg)
-    model = build_tiny_model(
-        tiny_llama_config(
-            cfg.model,
-            vocab_size=len(tokenizer),
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        ),
-        seed=cfg.seed,
-    ).to(device)
+    model = tiny_model_for(cfg.model, tokenizer, cfg.seed).to(device)
     sft_cfg = SFTConfig(**{**asdict(cfg.sft), "seed": cfg.seed})
     result = train_sft(model, rows, sft_cfg, pad_id=tokenizer.pad_token_id, console=console)
     final_nll = sum(result.policy_nll[-20:]) / len(result.policy_nll[-20:])

@@ -7,6 +7,7 @@ layers of 0.86M each (attention 4 · 256² and a SwiGLU MLP 3 · 256 · 688), RM
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -61,6 +62,17 @@ def tiny_llama_config(
         eos_token_id=eos_token_id,
         pad_token_id=pad_token_id,
     )
+
+
+def tiny_model_for(cfg: TinyModelConfig, tokenizer: Any, seed: int) -> LlamaForCausalLM:
+    """A freshly initialised tiny model sized for ``tokenizer`` (its length, EOS and pad ids)."""
+    config = tiny_llama_config(
+        cfg,
+        vocab_size=len(tokenizer),
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return build_tiny_model(config, seed)
 
 
 def build_tiny_model(config: LlamaConfig, seed: int) -> LlamaForCausalLM:

@@ -156,7 +156,12 @@ def build_prompt_messages(
         raise ValueError(f"max_searches must be at least 1 (or None), got {max_searches}")
     limit_line = "" if max_searches is None else f"\n- You may search at most {max_searches} times."
     instruction = INSTRUCTION.format(limit_line=limit_line)
-    user_text = f"Question: {question.strip()}"
+    return chat_messages(instruction, f"Question: {question.strip()}", system_role=system_role)
+
+
+def chat_messages(instruction: str, user_text: str, *, system_role: bool) -> list[dict[str, str]]:
+    """The instruction as a system message before ``user_text``, or (``system_role=False``, for
+    chat templates without a system role) prepended to it in one user message."""
     if system_role:
         return [
             {"role": "system", "content": instruction},

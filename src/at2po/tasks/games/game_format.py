@@ -28,6 +28,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from at2po.tasks.agent_format import chat_messages
+
 STOP_STRINGS: tuple[str, ...] = ("</action>",)
 """Generation of a turn stops after the action block closes."""
 
@@ -181,9 +183,4 @@ def build_prompt_messages(
     if not task.strip():
         raise ValueError("the game's task description is empty")
     user_text = f"Task: {task.strip()}\n{first_view}"
-    if system_role:
-        return [
-            {"role": "system", "content": INSTRUCTION},
-            {"role": "user", "content": user_text},
-        ]
-    return [{"role": "user", "content": f"{INSTRUCTION}\n\n{user_text}"}]
+    return chat_messages(INSTRUCTION, user_text, system_role=system_role)
