@@ -522,14 +522,31 @@ class OptimConfig(Section):
     micro_batch_tokens: int = Field(
         8192,
         ge=1,
-        description="Padded tokens per forward pass (micro-batch); gradients accumulate over "
-        "a mini-batch's micro-batches.",
+        description="Padded tokens per forward pass (micro-batch) when packing is off; gradients "
+        "accumulate over a mini-batch's micro-batches.",
+    )
+    packing: bool = Field(
+        True,
+        description="Tree packing: each micro-batch runs its rows' distinct tokens once, with a "
+        "tree attention mask (docs/training.md, 'Tree packing'); needs sdpa or eager attention. "
+        "Off: padded rows, only the prefix common to a whole micro-batch run once.",
+    )
+    packed_micro_batch_tokens: int = Field(
+        2048,
+        ge=1,
+        description="Distinct tokens per packed forward pass; the masked attention's cost grows "
+        "with its square, the other layers' linearly.",
     )
     trust_rollout_logprobs: bool = Field(
         False,
         description="Use the rollout's log-probs as π_old instead of recomputing them with the "
         "training forward.",
     )
+
+    @property
+    def packed_tokens(self) -> int | None:
+        """The packed micro-batch budget, or None when packing is off."""
+        return self.packed_micro_batch_tokens if self.packing else None
 
 
 class TrainSection(Section):

@@ -26,12 +26,11 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Sequence
-from typing import Literal
 
 import torch
 from transformers import DynamicCache
 
-EntropyMode = Literal["none", "detached", "grad"]
+from at2po.train.packing import EntropyMode, pack_rows, packed_logprobs, packed_micro_batches
 
 MIN_SHARED_PREFIX = 16
 """Shorter shared prefixes are not worth a separate forward."""
@@ -127,6 +126,40 @@ def token_logprobs(
     return logp_BT, torch.cat([lead_BS, ent_BK], dim=1)
 
 
+def row_micro_batches(
+    input_ids_BT: torch.Tensor,
+    lengths: Sequence[int],
+    token_budget: int,
+    packed_tokens: int | None,
+) -> list[list[int]]:
+    """Micro-batches of row indices: packed ones of at most ``packed_tokens`` distinct tokens
+    (:func:`at2po.train.packing.packed_micro_batches`) when it is given, else padded ones of at
+    most ``token_budget`` tokens (:func:`micro_batches`)."""
+    if packed_tokens is None:
+        return micro_batches(lengths, token_budget)
+    return packed_micro_batches(input_ids_BT, lengths, packed_tokens)
+
+
+def rows_logprobs(
+    model: torch.nn.Module,
+    input_ids_BT: torch.Tensor,
+    attention_mask_BT: torch.Tensor,
+    prompt_len_B: torch.Tensor,
+    temperature: float,
+    entropy: EntropyMode,
+    packed: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(logp_BT, entropy_BT)`` of one micro-batch of rows from their prompt on: one forward over
+    the packed distinct tokens (:mod:`at2po.train.packing`) or one padded forward
+    (:func:`token_logprobs`). Both give the same values on every response token."""
+    if packed:
+        lengths = attention_mask_BT.sum(dim=1).tolist()
+        layout = pack_rows(input_ids_BT.cpu(), lengths)
+        return packed_logprobs(model, layout, prompt_len_B, temperature, entropy)
+    start = int(prompt_len_B.min())
+    return token_logprobs(model, input_ids_BT, attention_mask_BT, start, temperature, entropy)
+
+
 def recompute_logprobs(
     model: torch.nn.Module,
     input_ids_BT: torch.Tensor,
@@ -135,8 +168,10 @@ def recompute_logprobs(
     temperature: float,
     token_budget: int,
     with_entropy: bool = False,
+    packed_tokens: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Log-probs (and entropies) of whole rows without gradient, micro-batch by micro-batch.
+    """Log-probs (and entropies) of whole rows without gradient, micro-batch by micro-batch
+    (tree-packed ones of at most ``packed_tokens`` distinct tokens when it is given).
 
     Returns CPU float32 tensors of the rows' shape.
     """
@@ -144,18 +179,19 @@ def recompute_logprobs(
     lengths = attention_mask_BT.sum(dim=1).tolist()
     logp_BT = torch.zeros(input_ids_BT.shape, dtype=torch.float32)
     entropy_BT = torch.zeros(input_ids_BT.shape, dtype=torch.float32) if with_entropy else None
+    groups = row_micro_batches(input_ids_BT, lengths, token_budget, packed_tokens)
     with torch.no_grad():
-        for group in micro_batches(lengths, token_budget):
+        for group in groups:
             index = torch.tensor(group)
             width = int(max(lengths[i] for i in group))
-            start = int(prompt_len_B[index].min())
-            logp, ent = token_logprobs(
+            logp, ent = rows_logprobs(
                 model,
                 input_ids_BT[index, :width].to(device),
                 attention_mask_BT[index, :width].to(device),
-                start,
+                prompt_len_B[index],
                 temperature,
                 "detached" if with_entropy else "none",
+                packed_tokens is not None,
             )
             logp_BT[index, :width] = logp.float().cpu()
             if entropy_BT is not None and ent is not None:

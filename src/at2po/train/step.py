@@ -196,6 +196,7 @@ class StepRunner:
             self.rollout_cfg.sampling.effective_temperature,
             self.cfg.optim.micro_batch_tokens,
             with_entropy=with_entropy,
+            packed_tokens=self.cfg.optim.packed_tokens,
         )
 
 

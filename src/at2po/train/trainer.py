@@ -51,6 +51,7 @@ from at2po.train.checkpoint import (
 from at2po.train.config import ConfigError, TrainConfig
 from at2po.train.display import TrainDisplay, summary_table
 from at2po.train.optim import build_optimizer
+from at2po.train.packing import check_tree_mask_support
 from at2po.train.policy import (
     build_engine,
     load_model,
@@ -127,6 +128,8 @@ class Trainer:
         policy_dir = checkpoint.path if checkpoint else initial_dir
         self.tokenizer = load_tokenizer(policy_dir)
         self.model = load_model(policy_dir, cfg.model)
+        if cfg.optim.packing:
+            check_tree_mask_support(self.model)
         reference = None
         if cfg.loss.uses_reference:
             reference = load_model(initial_dir, cfg.model, trainable=False)

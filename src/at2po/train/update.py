@@ -2,7 +2,9 @@
 
 Each epoch shuffles the rows (``optim.shuffle``) and splits them into ``optim.mini_batches``
 near-equal mini-batches; each mini-batch is one AdamW update. A mini-batch is run in micro-batches
-of at most ``optim.micro_batch_tokens`` padded tokens whose losses are normalised by the
+(tree-packed ones of at most ``optim.packed_micro_batch_tokens`` distinct tokens with
+``optim.packing``, :mod:`at2po.train.packing`; else at most ``optim.micro_batch_tokens`` padded
+tokens) whose losses are normalised by the
 mini-batch's trained tokens and non-empty rows (``num_tokens`` / ``num_rows`` of
 :func:`at2po.core.losses.policy_loss`), so the accumulated gradient is the gradient of the
 mini-batch loss whatever the micro-batching. The global gradient norm is clipped to
@@ -27,7 +29,7 @@ import torch
 from at2po.core.losses import PolicyLossConfig, policy_loss
 from at2po.core.rows import Rows
 from at2po.train.config import OptimConfig
-from at2po.train.logprobs import micro_batches, token_logprobs
+from at2po.train.logprobs import row_micro_batches, rows_logprobs
 
 
 @dataclass(frozen=True)
@@ -86,7 +88,13 @@ def policy_update(
             num_rows = float((mini_mask_BT.sum(dim=1) > 0).sum())
             optimizer.zero_grad(set_to_none=True)
             losses: dict[str, float] = defaultdict(float)
-            for group in micro_batches([lengths[i] for i in mini], cfg.micro_batch_tokens):
+            groups = row_micro_batches(
+                rows.input_ids_BT[mini],
+                [lengths[i] for i in mini],
+                cfg.micro_batch_tokens,
+                cfg.packed_tokens,
+            )
+            for group in groups:
                 index = torch.tensor([mini[i] for i in group])
                 loss, metrics = _micro_batch_loss(
                     model,
@@ -96,8 +104,8 @@ def policy_update(
                     loss_cfg,
                     temperature,
                     entropy_mode,
-                    num_tokens,
-                    num_rows,
+                    (num_tokens, num_rows),
+                    cfg.packing,
                     device,
                 )
                 loss.backward()
@@ -135,24 +143,28 @@ def _micro_batch_loss(
     loss_cfg: PolicyLossConfig,
     temperature: float,
     entropy_mode: str,
-    num_tokens: float,
-    num_rows: float,
+    normalisers: tuple[float, float],
+    packed: bool,
     device: torch.device,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The loss of the rows ``index`` (normalised by the mini-batch's trained tokens and non-empty
+    rows, ``normalisers``) and its metrics."""
     rows = batch.rows
     width = int(max(lengths[i] for i in index.tolist()))
 
     def take(tensor_BT: torch.Tensor) -> torch.Tensor:
         return tensor_BT[index, :width].to(device)
 
-    logp_BT, entropy_BT = token_logprobs(
+    logp_BT, entropy_BT = rows_logprobs(
         model,
         take(rows.input_ids_BT),
         take(rows.attention_mask_BT),
-        int(rows.prompt_len_B[index].min()),
+        rows.prompt_len_B[index],
         temperature,
         entropy_mode,  # type: ignore[arg-type]
+        packed,
     )
+    num_tokens, num_rows = normalisers
     return policy_loss(
         logp_BT,
         take(batch.old_logp_BT),

@@ -1,0 +1,241 @@
+"""Tree packing: the rows of a micro-batch as one sequence of their distinct tokens.
+
+The rows of a turn tree share prefixes (the prompt, then every turn above a branch point). Two
+tokens are the same *packed* token when their rows agree on everything up to and including them:
+then the model computes the same hidden states there, so one copy serves every row. The packed
+sequence is the trie of the rows' token sequences, laid out depth-first:
+
+    row a:  P P P x y          packed:  P P P x y z w        position ids:  0 1 2 3 4 3 4
+    row b:  P P P z w          index_BT: a → 0 1 2 3 4   b → 0 1 2 5 6
+
+and each packed token attends to itself and its ancestors only (its row's prefix), with the
+position id it has in its row, so its hidden states, logits and log-prob equal the per-row ones:
+
+    mask[n, m] = 1  ⇔  m is n or an ancestor of n            (lower-triangular in this layout)
+    logp[b, t] = log_softmax(z[parent(n)] / T)[x_n]          with n = index_BT[b, t]
+
+Log-probs are read back per row through ``index_BT``, so a token shared by k rows enters the loss
+k times with each row's own mask and advantage: the loss and its gradients are those of the
+per-row forward (float rounding aside), at a cost proportional to the distinct tokens. Logits are
+only projected at the parents of the tokens asked for (the vocabulary projection of the prompt is
+skipped).
+
+Layout: rows are sorted lexicographically; a row shares with the trie exactly its longest common
+prefix with the row before it in that order, and appends the rest as new packed tokens.
+
+The mask goes to the model as a 4-D tensor (transformers passes it to the attention unchanged):
+boolean for ``sdpa``, additive (0 / dtype minimum) for ``eager``. Other attention implementations
+(FlashAttention's variable-length kernels, paged attention) cannot take a tree mask and are refused,
+as are models with sliding-window layers (one mask is shared by every layer).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from at2po.train.config import ConfigError
+
+EntropyMode = Literal["none", "detached", "grad"]
+"""``none`` skips the entropy, ``detached`` computes it without gradient, ``grad`` with."""
+
+TREE_MASK_ATTENTION = ("sdpa", "eager")
+"""Attention implementations that take an arbitrary 4-D mask."""
+
+
+@dataclass(frozen=True)
+class PackedRows:
+    """B rows packed into one sequence of N distinct tokens.
+
+    Attributes:
+        input_ids_N: the distinct tokens, depth-first (long).
+        position_ids_N: each token's position in its rows (long).
+        parent_N: packed index of the token before it in its rows, −1 for a row's first token.
+        index_BT: packed index of token t of row b; 0 on padding (long).
+        lengths_B: real tokens of each row (long).
+    """
+
+    input_ids_N: torch.Tensor
+    position_ids_N: torch.Tensor
+    parent_N: torch.Tensor
+    index_BT: torch.Tensor
+    lengths_B: torch.Tensor
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.input_ids_N.shape[0])
+
+    def ancestor_mask(self) -> torch.Tensor:
+        """``mask_NN[n, m]``: m is n or an ancestor of n (module docstring)."""
+        n_tokens = self.num_tokens
+        mask_NN = torch.zeros((n_tokens, n_tokens), dtype=torch.bool)
+        owner_N = torch.full((n_tokens,), -1, dtype=torch.long)
+        for b, length in enumerate(self.lengths_B.tolist()):
+            path_T = self.index_BT[b, :length]
+            new_T = owner_N[path_T] < 0
+            if not bool(new_T.any()):
+                continue
+            first = int(new_T.long().argmax())
+            owned = path_T[first:]
+            owner_N[owned] = b
+            block = torch.arange(length)[None, :] <= torch.arange(first, length)[:, None]
+            mask_NN[owned[:, None], path_T[None, :]] = block
+        return mask_NN
+
+
+def _sorted_rows(
+    input_ids_BT: torch.Tensor, lengths_B: Sequence[int]
+) -> tuple[list[int], torch.Tensor]:
+    """Row indices in lexicographic order of their tokens, and each sorted row's longest common
+    prefix with the row before it (0 for the first)."""
+    rows = [input_ids_BT[b, : lengths_B[b]].tolist() for b in range(len(lengths_B))]
+    order = sorted(range(len(rows)), key=lambda b: (rows[b], b))
+    width = input_ids_BT.shape[1]
+    ids_BT = input_ids_BT[order]
+    len_B = torch.tensor([lengths_B[b] for b in order], dtype=torch.long)
+    lcp_B = torch.zeros(len(order), dtype=torch.long)
+    if len(order) > 1:
+        inside_BT = torch.arange(width)[None, :] < torch.minimum(len_B[1:], len_B[:-1])[:, None]
+        same_BT = (ids_BT[1:] == ids_BT[:-1]) & inside_BT
+        lcp_B[1:] = same_BT.long().cumprod(dim=1).sum(dim=1)
+    return order, lcp_B
+
+
+def packed_micro_batches(
+    input_ids_BT: torch.Tensor, lengths_B: Sequence[int], token_budget: int
+) -> list[list[int]]:
+    """Row indices grouped so that each group packs into at most ``token_budget`` distinct tokens
+    (a row longer than the budget goes alone); rows that share prefixes stay together."""
+    if token_budget < 1:
+        raise ValueError(f"token_budget={token_budget} must be at least 1")
+    order, lcp_B = _sorted_rows(input_ids_BT, lengths_B)
+    groups: list[list[int]] = []
+    used = 0
+    for k, b in enumerate(order):
+        new = lengths_B[b] - int(lcp_B[k])
+        if groups and used + new <= token_budget:
+            groups[-1].append(b)
+            used += new
+        else:
+            groups.append([b])
+            used = lengths_B[b]
+    return groups
+
+
+def pack_rows(input_ids_BT: torch.Tensor, lengths_B: Sequence[int]) -> PackedRows:
+    """The packed layout of the module docstring for the rows of ``input_ids_BT``."""
+    batch, width = input_ids_BT.shape
+    if batch == 0 or min(lengths_B) < 1:
+        raise ValueError("pack_rows() needs at least one row and a token in every row")
+    order, lcp_B = _sorted_rows(input_ids_BT, lengths_B)
+    index_BT = torch.zeros((batch, width), dtype=torch.long)
+    pieces: list[torch.Tensor] = []
+    used = 0
+    previous = None
+    for k, b in enumerate(order):
+        length, shared = lengths_B[b], int(lcp_B[k])
+        if previous is not None:
+            index_BT[b, :shared] = index_BT[previous, :shared]
+        index_BT[b, shared:length] = torch.arange(used, used + length - shared)
+        pieces.append(input_ids_BT[b, shared:length])
+        used += length - shared
+        previous = b
+    positions_BT = torch.arange(width).expand(batch, -1)
+    real_BT = positions_BT < torch.tensor(list(lengths_B))[:, None]
+    position_ids_N = torch.zeros(used, dtype=torch.long)
+    position_ids_N[index_BT[real_BT]] = positions_BT[real_BT]
+    parent_N = torch.full((used,), -1, dtype=torch.long)
+    later_BT = real_BT & (positions_BT > 0)
+    parent_N[index_BT[later_BT]] = index_BT.roll(1, dims=1)[later_BT]
+    return PackedRows(
+        torch.cat(pieces),
+        position_ids_N,
+        parent_N,
+        index_BT,
+        torch.tensor(list(lengths_B), dtype=torch.long),
+    )
+
+
+def check_tree_mask_support(model: torch.nn.Module) -> None:
+    """Raise a :class:`ConfigError` (a ValueError) when ``model``'s attention cannot take a tree
+    mask."""
+    config = getattr(model, "config", None)
+    implementation = getattr(config, "_attn_implementation", None)
+    if implementation not in TREE_MASK_ATTENTION:
+        raise ConfigError(
+            "tree packing needs an attention that takes a 4-D mask "
+            f"({', '.join(TREE_MASK_ATTENTION)}), but this model uses {implementation!r}: "
+            "load it with attn_implementation='sdpa', or "
+            "set optim.packing=false"
+        )
+    layer_types = getattr(config, "layer_types", None) or []
+    if getattr(config, "sliding_window", None) or any("sliding" in t for t in layer_types):
+        raise ConfigError(
+            "tree packing shares one mask across layers, but this model has sliding-window "
+            "attention layers; set optim.packing=false"
+        )
+
+
+def _model_mask(model: torch.nn.Module, mask_NN: torch.Tensor, device: torch.device):
+    """The 4-D mask in the form the model's attention implementation expects."""
+    mask_11NN = mask_NN[None, None].to(device)
+    if model.config._attn_implementation == "sdpa":
+        return mask_11NN
+    dtype = next(model.parameters()).dtype
+    additive = torch.zeros(mask_11NN.shape, dtype=dtype, device=device)
+    return additive.masked_fill_(~mask_11NN, torch.finfo(dtype).min)
+
+
+def packed_logprobs(
+    model: torch.nn.Module,
+    packed: PackedRows,
+    start_B: torch.Tensor,
+    temperature: float = 1.0,
+    entropy: EntropyMode = "none",
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(logp_BT, entropy_BT)`` of token t of row b for ``start_B[b]`` ≤ t < its length (0
+    elsewhere), from one forward over the packed tokens (module docstring).
+
+    ``start_B[b]`` ≥ 1 (a row's first token has no log-prob). Gradients flow into ``logp_BT`` in
+    grad mode.
+    """
+    check_tree_mask_support(model)
+    device = next(model.parameters()).device
+    batch, width = packed.index_BT.shape
+    if int(start_B.min()) < 1:
+        raise ValueError("start_B must be at least 1 (a row's first token has no log-prob)")
+    positions_BT = torch.arange(width).expand(batch, -1)
+    wanted_BT = (positions_BT >= start_B[:, None]) & (positions_BT < packed.lengths_B[:, None])
+    targets_K = torch.unique(packed.index_BT[wanted_BT])
+    parents_P, parent_of_K = torch.unique(packed.parent_N[targets_K], return_inverse=True)
+    params = inspect.signature(model.forward).parameters
+    keep = {"logits_to_keep": parents_P.to(device)} if "logits_to_keep" in params else {}
+    logits = model(
+        input_ids=packed.input_ids_N[None].to(device),
+        attention_mask=_model_mask(model, packed.ancestor_mask(), device),
+        position_ids=packed.position_ids_N[None].to(device),
+        **keep,
+    ).logits[0]
+    z_PV = (logits if keep else logits[parents_P.to(device)]).float()
+    if temperature != 1.0:
+        z_PV = z_PV / temperature
+    lse_P = torch.logsumexp(z_PV, dim=-1)
+    parent_of_K = parent_of_K.to(device)
+    picked_K = z_PV[parent_of_K, packed.input_ids_N[targets_K].to(device)]
+    logp_K = picked_K - lse_P[parent_of_K]
+    slot_N = torch.zeros(packed.num_tokens, dtype=torch.long)
+    slot_N[targets_K] = torch.arange(len(targets_K))
+    slot_BT = slot_N[packed.index_BT].to(device)
+    wanted_BT = wanted_BT.to(device)
+    logp_BT = torch.where(wanted_BT, logp_K[slot_BT], 0.0)
+    if entropy == "none":
+        return logp_BT, None
+    with torch.set_grad_enabled(entropy == "grad" and torch.is_grad_enabled()):
+        probs_PV = torch.softmax(z_PV, dim=-1)
+        ent_P = lse_P - (probs_PV * z_PV).sum(dim=-1)
+        ent_BT = torch.where(wanted_BT, ent_P[parent_of_K][slot_BT], 0.0)
+    return logp_BT, ent_BT
