@@ -532,10 +532,10 @@ class OptimConfig(Section):
         "Off: padded rows, only the prefix common to a whole micro-batch run once.",
     )
     packed_micro_batch_tokens: int = Field(
-        2048,
+        8192,
         ge=1,
-        description="Distinct tokens per packed forward pass; the masked attention's cost grows "
-        "with its square, the other layers' linearly.",
+        description="Distinct tokens per packed forward pass (activation memory grows with it); "
+        "a tree that fits stays in one pass.",
     )
     trust_rollout_logprobs: bool = Field(
         False,

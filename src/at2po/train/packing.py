@@ -11,40 +11,63 @@ sequence is the trie of the rows' token sequences, laid out depth-first:
 and each packed token attends to itself and its ancestors only (its row's prefix), with the
 position id it has in its row, so its hidden states, logits and log-prob equal the per-row ones:
 
-    mask[n, m] = 1  ⇔  m is n or an ancestor of n            (lower-triangular in this layout)
+    attends(n, m)  ⇔  m is n or an ancestor of n
     logp[b, t] = log_softmax(z[parent(n)] / T)[x_n]          with n = index_BT[b, t]
 
 Log-probs are read back per row through ``index_BT``, so a token shared by k rows enters the loss
 k times with each row's own mask and advantage: the loss and its gradients are those of the
-per-row forward (float rounding aside), at a cost proportional to the distinct tokens. Logits are
-only projected at the parents of the tokens asked for (the vocabulary projection of the prompt is
-skipped).
+per-row forward (float rounding aside). Logits are only projected at the parents of the tokens
+asked for (the vocabulary projection of the prompt is skipped).
 
 Layout: rows are sorted lexicographically; a row shares with the trie exactly its longest common
-prefix with the row before it in that order, and appends the rest as new packed tokens.
+prefix with the row before it in that order, and appends the rest — a contiguous *segment* of
+new packed tokens at row positions [lcp, length).
 
-The mask goes to the model as a 4-D tensor (transformers passes it to the attention unchanged):
-boolean for ``sdpa``, additive (0 / dtype minimum) for ``eager``. Other attention implementations
-(FlashAttention's variable-length kernels, paged attention) cannot take a tree mask and are refused,
-as are models with sliding-window layers (one mask is shared by every layer).
+Tree attention (``at2po_tree``, registered with transformers' ``AttentionInterface`` and used for
+the packed forward only, whatever the model's own attention): a segment's queries, in chunks of
+at most ``ATTENTION_CHUNK`` tokens, attend to the keys of their row's path up to the chunk's end,
+causally (key position ≤ query position, both in row coordinates): one
+``scaled_dot_product_attention`` call per chunk. The work is ≈ Σ over packed tokens of their
+depth — the per-row forward's attention restricted to distinct queries — with no N × N mask.
+Models whose attention does not go through ``AttentionInterface``, or that have sliding-window
+layers, are refused with a clear error.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
+from transformers import AttentionInterface
 
 from at2po.train.config import ConfigError
 
 EntropyMode = Literal["none", "detached", "grad"]
 """``none`` skips the entropy, ``detached`` computes it without gradient, ``grad`` with."""
 
-TREE_MASK_ATTENTION = ("sdpa", "eager")
-"""Attention implementations that take an arbitrary 4-D mask."""
+TREE_ATTENTION = "at2po_tree"
+"""The name the tree attention is registered under with ``AttentionInterface``."""
+
+ATTENTION_CHUNK = 256
+"""Queries per attention call: a chunk attends causally within itself, so a larger chunk wastes
+up to half of chunk² scores and a smaller one makes more calls."""
+
+
+@dataclass(frozen=True)
+class AttentionBlock:
+    """Packed queries ``[start, stop)`` attend to the packed keys ``keys`` (a slice when they are
+    contiguous, else an index tensor), where ``mask_QK`` allows it; ``mask_QK`` is None for a
+    plain causal square (queries and keys the same tokens)."""
+
+    start: int
+    stop: int
+    keys: slice | torch.Tensor
+    mask_QK: torch.Tensor | None
 
 
 @dataclass(frozen=True)
@@ -57,6 +80,8 @@ class PackedRows:
         parent_N: packed index of the token before it in its rows, −1 for a row's first token.
         index_BT: packed index of token t of row b; 0 on padding (long).
         lengths_B: real tokens of each row (long).
+        segments: ``(row, first, length)`` per row that adds tokens, in packed order: row ``row``'s
+            positions ``[first, length)`` are new packed tokens, laid out consecutively.
     """
 
     input_ids_N: torch.Tensor
@@ -64,27 +89,69 @@ class PackedRows:
     parent_N: torch.Tensor
     index_BT: torch.Tensor
     lengths_B: torch.Tensor
+    segments: tuple[tuple[int, int, int], ...]
 
     @property
     def num_tokens(self) -> int:
         return int(self.input_ids_N.shape[0])
 
-    def ancestor_mask(self) -> torch.Tensor:
-        """``mask_NN[n, m]``: m is n or an ancestor of n (module docstring)."""
-        n_tokens = self.num_tokens
-        mask_NN = torch.zeros((n_tokens, n_tokens), dtype=torch.bool)
-        owner_N = torch.full((n_tokens,), -1, dtype=torch.long)
-        for b, length in enumerate(self.lengths_B.tolist()):
-            path_T = self.index_BT[b, :length]
-            new_T = owner_N[path_T] < 0
-            if not bool(new_T.any()):
-                continue
-            first = int(new_T.long().argmax())
-            owned = path_T[first:]
-            owner_N[owned] = b
-            block = torch.arange(length)[None, :] <= torch.arange(first, length)[:, None]
-            mask_NN[owned[:, None], path_T[None, :]] = block
-        return mask_NN
+    def attention_blocks(
+        self, device: torch.device, chunk: int = ATTENTION_CHUNK
+    ) -> list[AttentionBlock]:
+        """The tree attention's calls (module docstring), in packed order of their queries."""
+        blocks = []
+        for row, first, length in self.segments:
+            start = int(self.index_BT[row, first])
+            for lo in range(first, length, chunk):
+                hi = min(lo + chunk, length)
+                q_start = start + lo - first
+                if lo == 0:  # a row that shares nothing: its queries are its keys
+                    keys = slice(q_start, q_start + hi)
+                    blocks.append(AttentionBlock(q_start, q_start + hi, keys, None))
+                    continue
+                path = self.index_BT[row, :hi]
+                contiguous = bool((path[1:] - path[:-1] == 1).all())
+                keys = slice(int(path[0]), int(path[-1]) + 1) if contiguous else path.to(device)
+                mask_QK = torch.arange(hi)[None, :] <= torch.arange(lo, hi)[:, None]
+                blocks.append(AttentionBlock(q_start, q_start + hi - lo, keys, mask_QK.to(device)))
+        return blocks
+
+
+def tree_attention(
+    module: torch.nn.Module,
+    query_BHND: torch.Tensor,
+    key_BHND: torch.Tensor,
+    value_BHND: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    tree_blocks: Sequence[AttentionBlock] | None = None,
+    **kwargs: object,
+) -> tuple[torch.Tensor, None]:
+    """The ``AttentionInterface`` function of the packed forward: one SDPA call per block of
+    ``tree_blocks`` (passed through the model's forward keyword arguments); returns the output as
+    (1, N, heads, head size), as transformers' attention functions do."""
+    if tree_blocks is None:
+        raise RuntimeError(f"{TREE_ATTENTION} attention runs only inside packed_logprobs()")
+    q_HND, k_HND, v_HND = query_BHND[0], key_BHND[0], value_BHND[0]
+    gqa = q_HND.shape[0] != k_HND.shape[0]
+    outputs = [
+        F.scaled_dot_product_attention(
+            q_HND[:, block.start : block.stop],
+            k_HND[:, block.keys],
+            v_HND[:, block.keys],
+            attn_mask=block.mask_QK,
+            dropout_p=dropout,
+            is_causal=block.mask_QK is None,
+            scale=scaling,
+            enable_gqa=gqa,
+        )
+        for block in tree_blocks
+    ]
+    return torch.cat(outputs, dim=1).transpose(0, 1).unsqueeze(0), None
+
+
+AttentionInterface.register(TREE_ATTENTION, tree_attention)
 
 
 def _sorted_rows(
@@ -134,15 +201,18 @@ def pack_rows(input_ids_BT: torch.Tensor, lengths_B: Sequence[int]) -> PackedRow
     order, lcp_B = _sorted_rows(input_ids_BT, lengths_B)
     index_BT = torch.zeros((batch, width), dtype=torch.long)
     pieces: list[torch.Tensor] = []
+    segments: list[tuple[int, int, int]] = []
     used = 0
     previous = None
     for k, b in enumerate(order):
         length, shared = lengths_B[b], int(lcp_B[k])
         if previous is not None:
             index_BT[b, :shared] = index_BT[previous, :shared]
-        index_BT[b, shared:length] = torch.arange(used, used + length - shared)
-        pieces.append(input_ids_BT[b, shared:length])
-        used += length - shared
+        if shared < length:
+            index_BT[b, shared:length] = torch.arange(used, used + length - shared)
+            pieces.append(input_ids_BT[b, shared:length])
+            segments.append((b, shared, length))
+            used += length - shared
         previous = b
     positions_BT = torch.arange(width).expand(batch, -1)
     real_BT = positions_BT < torch.tensor(list(lengths_B))[:, None]
@@ -157,37 +227,36 @@ def pack_rows(input_ids_BT: torch.Tensor, lengths_B: Sequence[int]) -> PackedRow
         parent_N,
         index_BT,
         torch.tensor(list(lengths_B), dtype=torch.long),
+        tuple(segments),
     )
 
 
-def check_tree_mask_support(model: torch.nn.Module) -> None:
-    """Raise a :class:`ConfigError` (a ValueError) when ``model``'s attention cannot take a tree
-    mask."""
+def check_tree_attention_support(model: torch.nn.Module) -> None:
+    """Raise a :class:`ConfigError` (a ValueError) when ``model`` cannot run the tree attention."""
     config = getattr(model, "config", None)
-    implementation = getattr(config, "_attn_implementation", None)
-    if implementation not in TREE_MASK_ATTENTION:
+    if not getattr(model, "_supports_attention_backend", False) or config is None:
         raise ConfigError(
-            "tree packing needs an attention that takes a 4-D mask "
-            f"({', '.join(TREE_MASK_ATTENTION)}), but this model uses {implementation!r}: "
-            "load it with attn_implementation='sdpa', or "
-            "set optim.packing=false"
+            f"tree packing needs a transformers model whose attention goes through "
+            f"AttentionInterface; {type(model).__name__} does not: set optim.packing=false"
         )
     layer_types = getattr(config, "layer_types", None) or []
     if getattr(config, "sliding_window", None) or any("sliding" in t for t in layer_types):
         raise ConfigError(
-            "tree packing shares one mask across layers, but this model has sliding-window "
-            "attention layers; set optim.packing=false"
+            "tree packing gives every layer the whole path as context, but this model has "
+            "sliding-window attention layers; set optim.packing=false"
         )
 
 
-def _model_mask(model: torch.nn.Module, mask_NN: torch.Tensor, device: torch.device):
-    """The 4-D mask in the form the model's attention implementation expects."""
-    mask_11NN = mask_NN[None, None].to(device)
-    if model.config._attn_implementation == "sdpa":
-        return mask_11NN
-    dtype = next(model.parameters()).dtype
-    additive = torch.zeros(mask_11NN.shape, dtype=dtype, device=device)
-    return additive.masked_fill_(~mask_11NN, torch.finfo(dtype).min)
+@contextlib.contextmanager
+def _tree_attention_on(model: torch.nn.Module) -> Iterator[None]:
+    """Route the model's attention to :func:`tree_attention` for the duration."""
+    config = model.config
+    saved = config._attn_implementation
+    config._attn_implementation = TREE_ATTENTION
+    try:
+        yield
+    finally:
+        config._attn_implementation = saved
 
 
 def packed_logprobs(
@@ -203,7 +272,7 @@ def packed_logprobs(
     ``start_B[b]`` ≥ 1 (a row's first token has no log-prob). Gradients flow into ``logp_BT`` in
     grad mode.
     """
-    check_tree_mask_support(model)
+    check_tree_attention_support(model)
     device = next(model.parameters()).device
     batch, width = packed.index_BT.shape
     if int(start_B.min()) < 1:
@@ -214,12 +283,13 @@ def packed_logprobs(
     parents_P, parent_of_K = torch.unique(packed.parent_N[targets_K], return_inverse=True)
     params = inspect.signature(model.forward).parameters
     keep = {"logits_to_keep": parents_P.to(device)} if "logits_to_keep" in params else {}
-    logits = model(
-        input_ids=packed.input_ids_N[None].to(device),
-        attention_mask=_model_mask(model, packed.ancestor_mask(), device),
-        position_ids=packed.position_ids_N[None].to(device),
-        **keep,
-    ).logits[0]
+    with _tree_attention_on(model):
+        logits = model(
+            input_ids=packed.input_ids_N[None].to(device),
+            position_ids=packed.position_ids_N[None].to(device),
+            tree_blocks=packed.attention_blocks(device),
+            **keep,
+        ).logits[0]
     z_PV = (logits if keep else logits[parents_P.to(device)]).float()
     if temperature != 1.0:
         z_PV = z_PV / temperature

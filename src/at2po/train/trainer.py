@@ -51,7 +51,7 @@ from at2po.train.checkpoint import (
 from at2po.train.config import ConfigError, TrainConfig
 from at2po.train.display import TrainDisplay, summary_table
 from at2po.train.optim import build_optimizer
-from at2po.train.packing import check_tree_mask_support
+from at2po.train.packing import check_tree_attention_support
 from at2po.train.policy import (
     build_engine,
     load_model,
@@ -129,7 +129,7 @@ class Trainer:
         self.tokenizer = load_tokenizer(policy_dir)
         self.model = load_model(policy_dir, cfg.model)
         if cfg.optim.packing:
-            check_tree_mask_support(self.model)
+            check_tree_attention_support(self.model)
         reference = None
         if cfg.loss.uses_reference:
             reference = load_model(initial_dir, cfg.model, trainable=False)
