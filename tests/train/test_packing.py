@@ -53,10 +53,10 @@ def _attends(packed: PackedRows, chunk: int) -> torch.Tensor:
     """``mask_NN[n, m]``: query n attends key m in the tree attention's blocks."""
     mask_NN = torch.zeros((packed.num_tokens, packed.num_tokens), dtype=torch.bool)
     covered = []
-    for block in packed.attention_blocks(torch.device("cpu"), chunk):
+    for block in packed.attention_blocks(torch.device("cpu"), torch.float32, chunk):
         keys_K = torch.arange(packed.num_tokens)[block.keys]
         n_queries = block.stop - block.start
-        allowed_QK = block.mask_QK
+        allowed_QK = None if block.mask_QK is None else block.mask_QK == 0
         if allowed_QK is None:
             assert len(keys_K) == n_queries
             allowed_QK = torch.ones((n_queries, n_queries), dtype=torch.bool).tril()

@@ -61,8 +61,8 @@ up to half of chunk² scores and a smaller one makes more calls."""
 @dataclass(frozen=True)
 class AttentionBlock:
     """Packed queries ``[start, stop)`` attend to the packed keys ``keys`` (a slice when they are
-    contiguous, else an index tensor), where ``mask_QK`` allows it; ``mask_QK`` is None for a
-    plain causal square (queries and keys the same tokens)."""
+    contiguous, else an index tensor) where the additive ``mask_QK`` is 0 (−∞: hidden); ``mask_QK``
+    is None for a plain causal square (queries and keys the same tokens)."""
 
     start: int
     stop: int
@@ -96,9 +96,10 @@ class PackedRows:
         return int(self.input_ids_N.shape[0])
 
     def attention_blocks(
-        self, device: torch.device, chunk: int = ATTENTION_CHUNK
+        self, device: torch.device, dtype: torch.dtype, chunk: int = ATTENTION_CHUNK
     ) -> list[AttentionBlock]:
-        """The tree attention's calls (module docstring), in packed order of their queries."""
+        """The tree attention's calls (module docstring), in packed order of their queries; masks
+        are additive (0 or −∞) in ``dtype``, made once for every layer."""
         blocks = []
         for row, first, length in self.segments:
             start = int(self.index_BT[row, first])
@@ -110,9 +111,13 @@ class PackedRows:
                     blocks.append(AttentionBlock(q_start, q_start + hi, keys, None))
                     continue
                 path = self.index_BT[row, :hi]
-                contiguous = bool((path[1:] - path[:-1] == 1).all())
-                keys = slice(int(path[0]), int(path[-1]) + 1) if contiguous else path.to(device)
-                mask_QK = torch.arange(hi)[None, :] <= torch.arange(lo, hi)[:, None]
+                first_key, last_key = int(path[0]), int(path[-1])
+                contiguous = last_key - first_key == hi - 1  # ancestors come first: increasing
+                keys = slice(first_key, last_key + 1) if contiguous else path.to(device)
+                hidden_QK = torch.arange(hi)[None, :] > torch.arange(lo, hi)[:, None]
+                mask_QK = torch.zeros(hidden_QK.shape, dtype=dtype).masked_fill_(
+                    hidden_QK, float("-inf")
+                )
                 blocks.append(AttentionBlock(q_start, q_start + hi - lo, keys, mask_QK.to(device)))
         return blocks
 
@@ -287,7 +292,7 @@ def packed_logprobs(
         logits = model(
             input_ids=packed.input_ids_N[None].to(device),
             position_ids=packed.position_ids_N[None].to(device),
-            tree_blocks=packed.attention_blocks(device),
+            tree_blocks=packed.attention_blocks(device, next(model.parameters()).dtype),
             **keep,
         ).logits[0]
     z_PV = (logits if keep else logits[parents_P.to(device)]).float()
