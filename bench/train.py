@@ -11,10 +11,13 @@ Prints one JSON object per measurement:
 * ``logprobs_vs_raw``: :func:`at2po.train.logprobs.recompute_logprobs` against a raw no-grad
   forward over the same micro-batches.
 * ``step_phases``: seconds per phase (rollout, credit, logprobs, update) of quickstart steps,
-  averaged over ``--steps`` steps, with the generated and trained tokens per second.
+  averaged over ``--steps`` steps, with the generated and trained tokens per second, rolled out
+  by ``--rollout-workers`` processes (``train.rollout_workers``; 1: in the trainer's process);
+  ``workers_start_seconds`` is how long the workers took to start.
 
-Usage: ``python bench/train.py [--model tiny|DIR] [--steps 3] [--repeats 3]``. The default model
-is the bootstrapped tiny policy (``at2po bootstrap``).
+Usage: ``python bench/train.py [--model tiny|DIR] [--steps 3] [--repeats 3] [--rollout-workers
+1|N|auto] [--phases-only]``. The default model is the bootstrapped tiny policy (``at2po
+bootstrap``).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import copy
 import json
 import random
 import tempfile
+import time
 
 import torch
 
@@ -145,6 +149,9 @@ def bench_update(trainer: Trainer, repeats: int) -> None:
 
 
 def bench_phases(trainer: Trainer, steps: int) -> None:
+    clock = time.perf_counter()
+    trainer.start_workers()
+    started = time.perf_counter() - clock
     totals: dict[str, float] = {}
     for _ in range(steps):
         out = trainer.runner.run(trainer.next_examples, trainer.rng)
@@ -154,6 +161,8 @@ def bench_phases(trainer: Trainer, steps: int) -> None:
     emit(
         measurement="step_phases",
         steps=steps,
+        rollout_workers=trainer.worker_count,
+        workers_start_seconds=round(started, 2),
         **{k.removeprefix("perf/"): round(v, 4) for k, v in sorted(totals.items())},
     )
 
@@ -163,19 +172,32 @@ def main() -> None:
     parser.add_argument("--model", default="tiny", help="model name or directory (tiny)")
     parser.add_argument("--steps", type=int, default=3, help="quickstart steps timed per phase")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats (best is kept)")
+    parser.add_argument(
+        "--rollout-workers", default="1", help="train.rollout_workers of the timed steps (1)"
+    )
+    parser.add_argument(
+        "--phases-only", action="store_true", help="time the steps only (skip the update bench)"
+    )
     args = parser.parse_args()
     scratch = tempfile.TemporaryDirectory(prefix="at2po-bench-train-")
-    overrides = [f"model.path={args.model}", f"out_dir={scratch.name}", "train.progress=false"]
-    cfg: TrainConfig = load_config("quickstart", [*overrides, "train.tensorboard=false"])
-    trainer = Trainer(cfg)
-    emit(
-        measurement="setup",
-        model=str(args.model),
-        parameters=sum(p.numel() for p in trainer.model.parameters()),
-        threads=torch.get_num_threads(),
-    )
-    bench_update(trainer, args.repeats)
-    bench_phases(trainer, args.steps)
+    overrides = [
+        f"model.path={args.model}",
+        f"out_dir={scratch.name}",
+        "train.progress=false",
+        "train.tensorboard=false",
+        f"train.rollout_workers={args.rollout_workers}",
+    ]
+    cfg: TrainConfig = load_config("quickstart", overrides)
+    with Trainer(cfg) as trainer:
+        emit(
+            measurement="setup",
+            model=str(args.model),
+            parameters=sum(p.numel() for p in trainer.model.parameters()),
+            threads=torch.get_num_threads(),
+        )
+        if not args.phases_only:
+            bench_update(trainer, args.repeats)
+        bench_phases(trainer, args.steps)
     scratch.cleanup()
 
 

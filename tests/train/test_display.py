@@ -1,4 +1,5 @@
-"""Progress when the output is redirected: a line per step and per evaluation, with the time."""
+"""Progress when the output is redirected: a line per step, per evaluation and for the rollout
+workers' start, with the time."""
 
 from __future__ import annotations
 
@@ -14,12 +15,15 @@ def test_redirected_runs_print_a_line_per_step_and_evaluation():
     stream = io.StringIO()
     console = Console(file=stream, force_terminal=False, width=200)
     with TrainDisplay(console, enabled=True, total_steps=2, done_steps=0) as display:
+        display.phase("workers")
+        display.workers_ready(2, 3.14)
         display.phase("eval")
         display.evaluated({"eval/em": 0.32, "eval/f1": 0.325, "eval/tool_calls": 1.0})
         display.phase("rollout")
         display.step_done({"reward/mean": 0.5, "rollout/generated_tokens_total": 3141.0})
     lines = stream.getvalue().splitlines()
     assert [re.sub(r"^\[\s*\d+\.\d s\] ", "", line) for line in lines] == [
+        "workers: 2 rollout workers started in 3.1 s",
         "eval: evaluating",
         "held-out EM 0.320, F1 0.325, searches 1.000",
         "step 1/2: reward +0.500, 3,141 generated tokens",

@@ -579,6 +579,13 @@ class TrainSection(Section):
         "offline", description="Weights & Biases mode; offline runs sync later."
     )
     progress: bool = Field(True, description="Show progress bars and the final summary.")
+    rollout_workers: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        1,
+        description="Processes that share a step's rollout (contiguous chunks of its prompts, "
+        "each with its own engine, env, seed and one torch thread, sampling the training "
+        "model's weights through shared memory); `auto`: one per usable CPU core, 1 on CUDA. "
+        '1 rolls out in the trainer\'s process. See docs/training.md, "Every core busy".',
+    )
 
 
 class TrainConfig(Section):

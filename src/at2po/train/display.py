@@ -58,6 +58,10 @@ class TrainDisplay:
         if name.startswith("eval"):
             self._line(f"{name}: evaluating")
 
+    def workers_ready(self, count: int, seconds: float) -> None:
+        """One line saying how long the rollout workers took to start (redirected output only)."""
+        self._line(f"workers: {count} rollout workers started in {seconds:.1f} s")
+
     def evaluated(self, metrics: Mapping[str, float]) -> None:
         """One line with the held-out numbers just measured (redirected output only)."""
         parts = [

@@ -3,6 +3,8 @@
 1. **Rollout** of ``train.prompts_per_step`` prompts with the current weights (the engine runs the
    training model itself), seeded from the trainer's RNG; the engine's prefix cache is emptied
    first, so a step never depends on what earlier steps left there. Leaves carry their rewards.
+   With ``workers`` (:mod:`at2po.train.rollout_workers`) the prompts are rolled out in chunks by
+   worker processes at once; ``perf/seconds_rollout`` is then the wall-clock of the parallel phase.
 2. **Rewards**: DAPO's overlong shaping when ``credit.overlong_buffer`` > 0. With
    ``credit.dynamic_sampling`` the groups whose rewards are all equal are dropped and more prompts
    are rolled out (up to ``credit.dynamic_sampling_max_batches`` generation batches) until the
@@ -41,20 +43,9 @@ from at2po.tasks.datasets import QAExample
 from at2po.train.config import TrainConfig
 from at2po.train.credit import assign_credit, informative_groups, shape_rewards
 from at2po.train.logprobs import recompute_logprobs
+from at2po.train.rollout_chunks import ROLLOUT_COUNTERS
+from at2po.train.rollout_workers import RolloutWorkers
 from at2po.train.update import UpdateBatch, policy_update
-
-_ADDITIVE = (
-    "rollout/generated_tokens",
-    "rollout/prefill_tokens",
-    "rollout/cached_tokens",
-    "rollout/tool_calls",
-    "rollout/tool_errors",
-    "rollout/tool_failures",
-    "rollout/rounds",
-    "rollout/requests",
-    "rollout/rows",
-)
-"""Rollout counters that add up over DAPO's generation batches (the rest are averaged)."""
 
 
 @dataclass(frozen=True)
@@ -81,6 +72,7 @@ class StepRunner:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     reference: torch.nn.Module | None = None
+    workers: RolloutWorkers | None = None
 
     def run(
         self,
@@ -153,13 +145,8 @@ class StepRunner:
             and len(kept) < wanted
             and len(outputs) < credit.dynamic_sampling_max_batches
         ):
-            self.engine.prefix_cache.clear()
-            out = rollout(
-                self.engine,
-                self.codec,
-                self.env,
-                next_examples(wanted),
-                replace(self.rollout_cfg, seed=rng.randrange(2**31)),
+            out = self._rollout_batch(
+                next_examples(wanted), replace(self.rollout_cfg, seed=rng.randrange(2**31))
             )
             penalties.append(
                 shape_rewards(out.groups, credit, self.rollout_cfg.max_response_tokens)
@@ -172,6 +159,13 @@ class StepRunner:
         if credit.overlong_buffer:
             metrics["reward/overlong_penalty"] = sum(penalties) / len(penalties)
         return kept[:wanted], metrics
+
+    def _rollout_batch(self, examples: list[QAExample], cfg: RolloutConfig) -> RolloutOutput:
+        """One generation batch: on the workers when there are some, else in this process."""
+        if self.workers is not None:
+            return self.workers.rollout(examples, cfg)
+        self.engine.prefix_cache.clear()
+        return rollout(self.engine, self.codec, self.env, examples, cfg)
 
     def _old_logprobs(self, rows) -> tuple[torch.Tensor, dict[str, float]]:
         if self.cfg.optim.trust_rollout_logprobs:
@@ -206,7 +200,7 @@ def _merge_rollout_metrics(all_metrics: Sequence[dict[str, float]]) -> dict[str,
     out = {}
     for key in sorted(keys):
         values = [m[key] for m in all_metrics if key in m]
-        additive = key in _ADDITIVE or key.startswith("perf/seconds")
+        additive = key in ROLLOUT_COUNTERS or key.startswith("perf/seconds")
         out[key] = sum(values) if additive else sum(values) / len(values)
     return out
 

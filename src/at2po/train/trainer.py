@@ -11,7 +11,10 @@ Each step (:mod:`at2po.train.step`) is logged as one metrics record; the held-ou
 ``train.eval_every`` steps and after the last step; trees are written every
 ``train.log_trees_every`` steps; checkpoints every ``train.save_every`` steps and after the last.
 The run ends after ``train.steps`` steps or once ``train.token_budget`` generated tokens are
-spent, whichever comes first.
+spent, whichever comes first. With ``train.rollout_workers`` > 1 the steps' rollouts run in worker
+processes (:mod:`at2po.train.rollout_workers`), started when ``train`` begins and stopped when it
+ends, however it ends (``with Trainer(cfg) as trainer`` and :meth:`Trainer.start_workers` serve
+callers that run steps themselves).
 
 Resume continues from the newest usable checkpoint with the weights, optimizer, scheduler, prompt
 sampler, every RNG and the counters it saved; the steps after it are run again and their metrics
@@ -59,6 +62,7 @@ from at2po.train.policy import (
     model_directory,
     set_threads,
 )
+from at2po.train.rollout_workers import RolloutWorkers, worker_count
 from at2po.train.run_dir import MetricSink, RunDir, open_sinks, read_metrics
 from at2po.train.sampler import PromptSampler
 from at2po.train.step import StepRunner
@@ -115,6 +119,7 @@ class Trainer:
         self.console = console or Console(stderr=True)
         self.run_dir = RunDir(cfg.run_dir)
         self.run_dir.check(resume)
+        self.worker_count = min(worker_count(cfg), cfg.train.prompts_per_step)
         checkpoint, damaged = self._resume_point() if resume else (None, [])
         initial_dir = None
         if checkpoint is None or cfg.loss.uses_reference:
@@ -164,14 +169,43 @@ class Trainer:
         self.run_dir.write_config(cfg.to_yaml())
         self._sinks: list[MetricSink] = open_sinks(self.run_dir, cfg, resume_step)
 
+    # --------------------------------------------------------------------- rollout workers
+    def start_workers(self, display: TrainDisplay | None = None) -> None:
+        """Start the rollout worker processes (``train.rollout_workers`` > 1) unless they run
+        already; the steps use them from now until :meth:`close`."""
+        if self.worker_count == 1 or self.runner.workers is not None:
+            return
+        if display is not None:
+            display.phase("workers")
+        clock = time.perf_counter()
+        self.runner.workers = RolloutWorkers.start(
+            self.model, self.tokenizer, self.cfg, self.worker_count
+        )
+        if display is not None:
+            display.workers_ready(self.worker_count, time.perf_counter() - clock)
+
+    def close(self) -> None:
+        """Stop the rollout workers, if any (``train`` does this when it ends, however it ends)."""
+        if self.runner.workers is not None:
+            self.runner.workers.close()
+            self.runner.workers = None
+
+    def __enter__(self) -> Trainer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     # ------------------------------------------------------------------------------ the loop
     def train(self) -> TrainResult:
-        """Train until ``train.steps`` or the token budget; returns the run's summary."""
+        """Train until ``train.steps`` or the token budget; returns the run's summary. The rollout
+        workers run from its start to its end (stopped on errors and Ctrl-C too)."""
         cfg = self.cfg.train
         started = time.perf_counter()
         display = TrainDisplay(self.console, cfg.progress, cfg.steps, self.step)
         try:
             with display:
+                self.start_workers(display)
                 if self.step == 0 and cfg.eval_before:
                     self._log(0, self._evaluate(display))
                 while not self.finished:
@@ -194,6 +228,7 @@ class Trainer:
                         started = time.perf_counter()
                         self._save(metrics)
         finally:
+            self.close()
             for sink in self._sinks:
                 sink.close()
         self.seconds += time.perf_counter() - started
