@@ -50,20 +50,20 @@ def _random_tree_rows(seed: int, vocab: int = 40, n_rows: int = 6) -> list[list[
 
 
 def _attends(packed: PackedRows, chunk: int) -> torch.Tensor:
-    """``mask_NN[n, m]``: query n attends key m in the tree attention's blocks."""
+    """``mask_NN[n, m]``: query n attends key m in the tree attention's calls."""
     mask_NN = torch.zeros((packed.num_tokens, packed.num_tokens), dtype=torch.bool)
-    covered = []
-    for block in packed.attention_blocks(torch.device("cpu"), torch.float32, chunk):
-        keys_K = torch.arange(packed.num_tokens)[block.keys]
-        n_queries = block.stop - block.start
-        allowed_QK = None if block.mask_QK is None else block.mask_QK == 0
-        if allowed_QK is None:
-            assert len(keys_K) == n_queries
-            allowed_QK = torch.ones((n_queries, n_queries), dtype=torch.bool).tril()
-        for i in range(n_queries):
-            mask_NN[block.start + i, keys_K[allowed_QK[i]]] = True
-        covered += range(block.start, block.stop)
-    assert covered == list(range(packed.num_tokens)), "every query once, in packed order"
+    plan = packed.attention_plan(torch.device("cpu"), torch.float32, chunk)
+    assert sum(plan.query_sizes) == packed.num_tokens, "every query once"
+    queries = torch.arange(packed.num_tokens).split(plan.query_sizes)
+    keys = plan.key_index_K.split(plan.key_sizes)
+    for query_Q, key_K, mask_QK in zip(queries, keys, plan.masks, strict=True):
+        if mask_QK is None:
+            assert torch.equal(query_Q, key_K)
+            allowed_QK = torch.ones((len(query_Q), len(key_K)), dtype=torch.bool).tril()
+        else:
+            allowed_QK = mask_QK == 0
+        for i, query in enumerate(query_Q.tolist()):
+            mask_NN[query, key_K[allowed_QK[i]]] = True
     return mask_NN
 
 

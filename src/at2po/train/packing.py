@@ -59,15 +59,20 @@ up to half of chunk² scores and a smaller one makes more calls."""
 
 
 @dataclass(frozen=True)
-class AttentionBlock:
-    """Packed queries ``[start, stop)`` attend to the packed keys ``keys`` (a slice when they are
-    contiguous, else an index tensor) where the additive ``mask_QK`` is 0 (−∞: hidden); ``mask_QK``
-    is None for a plain causal square (queries and keys the same tokens)."""
+class AttentionPlan:
+    """The tree attention's calls for one packed sequence, shared by every layer.
 
-    start: int
-    stop: int
-    keys: slice | torch.Tensor
-    mask_QK: torch.Tensor | None
+    Call i takes the next ``query_sizes[i]`` packed queries (the calls cover the sequence in
+    order) and the next ``key_sizes[i]`` entries of ``key_index_K`` as its keys, hidden where its
+    additive ``masks[i]`` is −∞; a mask of None is a plain causal square (queries = keys). Keys
+    are gathered with one index for all calls and queries split, never sliced one call at a
+    time: each slice's backward would write a zero tensor the size of the whole sequence.
+    """
+
+    query_sizes: list[int]
+    key_sizes: list[int]
+    key_index_K: torch.Tensor
+    masks: list[torch.Tensor | None]
 
 
 @dataclass(frozen=True)
@@ -95,31 +100,30 @@ class PackedRows:
     def num_tokens(self) -> int:
         return int(self.input_ids_N.shape[0])
 
-    def attention_blocks(
+    def attention_plan(
         self, device: torch.device, dtype: torch.dtype, chunk: int = ATTENTION_CHUNK
-    ) -> list[AttentionBlock]:
-        """The tree attention's calls (module docstring), in packed order of their queries; masks
-        are additive (0 or −∞) in ``dtype``, made once for every layer."""
-        blocks = []
+    ) -> AttentionPlan:
+        """The tree attention's calls (module docstring): each segment in chunks of at most
+        ``chunk`` queries; masks in ``dtype``."""
+        query_sizes: list[int] = []
+        key_paths: list[torch.Tensor] = []
+        masks: list[torch.Tensor | None] = []
         for row, first, length in self.segments:
-            start = int(self.index_BT[row, first])
             for lo in range(first, length, chunk):
                 hi = min(lo + chunk, length)
-                q_start = start + lo - first
+                query_sizes.append(hi - lo)
+                key_paths.append(self.index_BT[row, :hi])
                 if lo == 0:  # a row that shares nothing: its queries are its keys
-                    keys = slice(q_start, q_start + hi)
-                    blocks.append(AttentionBlock(q_start, q_start + hi, keys, None))
+                    masks.append(None)
                     continue
-                path = self.index_BT[row, :hi]
-                first_key, last_key = int(path[0]), int(path[-1])
-                contiguous = last_key - first_key == hi - 1  # ancestors come first: increasing
-                keys = slice(first_key, last_key + 1) if contiguous else path.to(device)
                 hidden_QK = torch.arange(hi)[None, :] > torch.arange(lo, hi)[:, None]
                 mask_QK = torch.zeros(hidden_QK.shape, dtype=dtype).masked_fill_(
                     hidden_QK, float("-inf")
                 )
-                blocks.append(AttentionBlock(q_start, q_start + hi - lo, keys, mask_QK.to(device)))
-        return blocks
+                masks.append(mask_QK.to(device))
+        return AttentionPlan(
+            query_sizes, [len(p) for p in key_paths], torch.cat(key_paths).to(device), masks
+        )
 
 
 def tree_attention(
@@ -130,30 +134,34 @@ def tree_attention(
     attention_mask: torch.Tensor | None,
     scaling: float | None = None,
     dropout: float = 0.0,
-    tree_blocks: Sequence[AttentionBlock] | None = None,
+    tree_plan: AttentionPlan | None = None,
     **kwargs: object,
 ) -> tuple[torch.Tensor, None]:
-    """The ``AttentionInterface`` function of the packed forward: one SDPA call per block of
-    ``tree_blocks`` (passed through the model's forward keyword arguments); returns the output as
-    (1, N, heads, head size), as transformers' attention functions do."""
-    if tree_blocks is None:
+    """The ``AttentionInterface`` function of the packed forward: one SDPA call per call of
+    ``tree_plan`` (passed through the model's forward keyword arguments), on 4-D tensors (3-D ones
+    fall back to PyTorch's slow math kernel on CPU); returns the output as (1, N, heads, head
+    size), as transformers' attention functions do."""
+    if tree_plan is None:
         raise RuntimeError(f"{TREE_ATTENTION} attention runs only inside packed_logprobs()")
-    q_HND, k_HND, v_HND = query_BHND[0], key_BHND[0], value_BHND[0]
-    gqa = q_HND.shape[0] != k_HND.shape[0]
+    gqa = query_BHND.shape[1] != key_BHND.shape[1]
+    index_K = tree_plan.key_index_K
+    keys = key_BHND.index_select(2, index_K).split(tree_plan.key_sizes, dim=2)
+    values = value_BHND.index_select(2, index_K).split(tree_plan.key_sizes, dim=2)
+    queries = query_BHND.split(tree_plan.query_sizes, dim=2)
     outputs = [
         F.scaled_dot_product_attention(
-            q_HND[:, block.start : block.stop],
-            k_HND[:, block.keys],
-            v_HND[:, block.keys],
-            attn_mask=block.mask_QK,
+            q,
+            k,
+            v,
+            attn_mask=mask,
             dropout_p=dropout,
-            is_causal=block.mask_QK is None,
+            is_causal=mask is None,
             scale=scaling,
             enable_gqa=gqa,
         )
-        for block in tree_blocks
+        for q, k, v, mask in zip(queries, keys, values, tree_plan.masks, strict=True)
     ]
-    return torch.cat(outputs, dim=1).transpose(0, 1).unsqueeze(0), None
+    return torch.cat(outputs, dim=2).transpose(1, 2), None
 
 
 AttentionInterface.register(TREE_ATTENTION, tree_attention)
@@ -292,7 +300,7 @@ def packed_logprobs(
         logits = model(
             input_ids=packed.input_ids_N[None].to(device),
             position_ids=packed.position_ids_N[None].to(device),
-            tree_blocks=packed.attention_blocks(device, next(model.parameters()).dtype),
+            tree_plan=packed.attention_plan(device, next(model.parameters()).dtype),
             **keep,
         ).logits[0]
     z_PV = (logits if keep else logits[parents_P.to(device)]).float()
