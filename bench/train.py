@@ -16,8 +16,9 @@ Prints one JSON object per measurement:
   ``workers_start_seconds`` is how long the workers took to start.
 
 Usage: ``python bench/train.py [--model tiny|DIR] [--steps 3] [--repeats 3] [--rollout-workers
-1|N|auto] [--phases-only]``. The default model is the bootstrapped tiny policy (``at2po
-bootstrap``).
+1|N|auto] [--packing true|false] [--phases-only] [--record bench/results/perf.jsonl]``. The
+default model is the bootstrapped tiny policy (``at2po bootstrap``). Every line carries the
+commit; ``--record`` appends them to a file.
 """
 
 from __future__ import annotations
@@ -26,8 +27,10 @@ import argparse
 import copy
 import json
 import random
+import subprocess
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -41,9 +44,19 @@ from at2po.train.trainer import Trainer
 from at2po.train.update import UpdateBatch, policy_update
 from timing import best_seconds
 
+RECORDS: list[Path] = []
+"""Files every emitted line is also appended to (``--record``)."""
+
 
 def emit(**record) -> None:
-    print(json.dumps(record), flush=True)
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+    )
+    line = json.dumps(record | {"commit": commit.stdout.strip()})
+    print(line, flush=True)
+    for path in RECORDS:
+        with path.open("a") as sink:
+            sink.write(line + "\n")
 
 
 def rollout_rows(trainer: Trainer) -> Rows:
@@ -159,7 +172,9 @@ def bench_phases(trainer: Trainer, steps: int) -> None:
             if key.startswith("perf/") or key in ("rollout/generated_tokens", "tree/row_tokens"):
                 totals[key] = totals.get(key, 0.0) + value / steps
     emit(
+        bench="step",
         measurement="step_phases",
+        packing=trainer.cfg.optim.packing,
         steps=steps,
         rollout_workers=trainer.worker_count,
         workers_start_seconds=round(started, 2),
@@ -176,8 +191,12 @@ def main() -> None:
         "--rollout-workers", default="1", help="train.rollout_workers of the timed steps (1)"
     )
     parser.add_argument(
+        "--packing", default="true", choices=("true", "false"), help="optim.packing (true)"
+    )
+    parser.add_argument(
         "--phases-only", action="store_true", help="time the steps only (skip the update bench)"
     )
+    parser.add_argument("--record", type=Path, default=None, help="append the lines to this file")
     args = parser.parse_args()
     scratch = tempfile.TemporaryDirectory(prefix="at2po-bench-train-")
     overrides = [
@@ -186,7 +205,10 @@ def main() -> None:
         "train.progress=false",
         "train.tensorboard=false",
         f"train.rollout_workers={args.rollout_workers}",
+        f"optim.packing={args.packing}",
     ]
+    if args.record:
+        RECORDS.append(args.record)
     cfg: TrainConfig = load_config("quickstart", overrides)
     with Trainer(cfg) as trainer:
         emit(
