@@ -20,7 +20,9 @@ like a Search-R1 AT²PO tree: a 200-token prompt, M=10 chains, then 2 rounds × 
 turn boundaries, 22 leaves of 6 turns, each turn a 60-token action and a 300-token observation).
 
 Usage: ``python bench/packing.py [--model tiny|smollm2-135m] [--batch quickstart searchr1]
-[--repeats 2] [--record bench/results/perf.jsonl]``; one JSON line per (batch, model).
+[--repeats 2] [--logprobs-only] [--record bench/results/perf.jsonl]``; one JSON line per
+(batch, model). ``--logprobs-only`` times the recompute alone (for models too slow to update on
+this CPU); ``--repeats 0`` keeps the first pass's time.
 """
 
 from __future__ import annotations
@@ -142,8 +144,8 @@ def peak_mb(run: Callable[[], object], device: torch.device) -> float:
     return _rss_mb("VmHWM") - before
 
 
-def one_pass(model, rows: Rows, optim: OptimConfig, mode: str, loss_cfg) -> None:
-    """Recompute π_old (with entropies), then one AdamW update over the rows."""
+def one_pass(model, rows: Rows, optim: OptimConfig, mode: str, loss_cfg, update: bool) -> None:
+    """Recompute π_old (with entropies), then (``update``) one AdamW update over the rows."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
     cfg = optim.model_copy(update={"packing": mode == "packed"})
     with no_prefix_sharing() if mode == "per_row" else contextlib.nullcontext():
@@ -157,26 +159,32 @@ def one_pass(model, rows: Rows, optim: OptimConfig, mode: str, loss_cfg) -> None
             with_entropy=True,
             packed_tokens=cfg.packed_tokens,
         )
+        if not update:
+            return
         policy_update(
             model, optimizer, UpdateBatch(rows, old_BT, None), loss_cfg, cfg, 1.0, random.Random(0)
         )
 
 
-def run_mode(model_name: str, device: torch.device, rows_path: Path, mode: str, repeats: int):
+def run_mode(args: argparse.Namespace, rows_path: Path, mode: str) -> dict[str, float]:
     """One way of the module docstring in this process: the peak memory of its first pass, then
-    the best time of ``repeats`` more."""
+    the best time of ``--repeats`` more (the first pass's own time when there are none)."""
     rows: Rows = torch.load(rows_path, weights_only=False)
-    model = load_model(model_name, device)
+    device = torch.device(args.device)
+    model = load_model(args.model, device)
     optim, loss_cfg = OptimConfig(), policy_loss_config("turn")
-    out = {"peak_mb": peak_mb(lambda: one_pass(model, rows, optim, mode, loss_cfg), device)}
-    times = []
-    for _ in range(repeats):
+    update = not args.logprobs_only
+
+    def timed() -> float:
         start = time.perf_counter()
-        one_pass(model, rows, optim, mode, loss_cfg)
+        one_pass(model, rows, optim, mode, loss_cfg, update)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - start)
-    return out | {"s": min(times)}
+        return time.perf_counter() - start
+
+    first: list[float] = []
+    out = {"peak_mb": peak_mb(lambda: first.append(timed()), device)}
+    return out | {"s": min([timed() for _ in range(args.repeats)] or first)}
 
 
 def measure(args: argparse.Namespace, rows: Rows) -> dict[str, float]:
@@ -189,6 +197,7 @@ def measure(args: argparse.Namespace, rows: Rows) -> dict[str, float]:
         for mode in MODES:
             command = [sys.executable, __file__, "--model", args.model, "--device", args.device]
             command += ["--repeats", str(args.repeats), "--child", mode, str(rows_path)]
+            command += ["--logprobs-only"] if args.logprobs_only else []
             result = subprocess.run(command, capture_output=True, text=True, check=False)
             if result.returncode != 0:
                 raise RuntimeError(f"{mode} failed:\n{result.stderr[-2000:]}")
@@ -220,12 +229,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="timed repeats (best is kept)")
     parser.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
     parser.add_argument("--record", type=Path, default=None, help="append the lines to this file")
+    parser.add_argument(
+        "--logprobs-only", action="store_true", help="time the log-prob recompute only"
+    )
     parser.add_argument("--child", nargs=2, metavar=("MODE", "ROWS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     device = torch.device(args.device)
     if args.child:
         mode, rows_path = args.child
-        print(json.dumps(run_mode(args.model, device, Path(rows_path), mode, args.repeats)))
+        print(json.dumps(run_mode(args, Path(rows_path), mode)))
         return
     optim = OptimConfig()
     commit = subprocess.run(
@@ -246,6 +258,7 @@ def main() -> None:
             "rows": int(rows.input_ids_BT.shape[0]),
             "row_tokens": row_tokens,
             "distinct_tokens": distinct,
+            "work": "logprobs" if args.logprobs_only else "logprobs+update",
             **{k: round(v, 3) for k, v in sorted(result.items())},
             "target_s": round(limit, 3),
             "met": result["packed_s"] <= limit,
