@@ -213,13 +213,17 @@ def load_model(name: str, device: torch.device) -> torch.nn.Module:
     return AutoModelForCausalLM.from_pretrained(directory, dtype=dtype).to(device).eval()
 
 
-def distinct_tokens(rows: Rows, budget: int) -> int:
+def distinct_work(rows: Rows, budget: int) -> tuple[int, float]:
+    """Distinct tokens of the packed micro-batches, and the attention's share left by packing:
+    Σ over distinct tokens of their depth (keys each attends to) / the same sum over row tokens."""
     ids_BT = rows.input_ids_BT
     lengths = rows.attention_mask_BT.sum(dim=1).tolist()
-    return sum(
-        pack_rows(ids_BT[group], [lengths[i] for i in group]).num_tokens
-        for group in packed_micro_batches(ids_BT, lengths, budget)
-    )
+    tokens, depth = 0, 0
+    for group in packed_micro_batches(ids_BT, lengths, budget):
+        packed = pack_rows(ids_BT[group], [lengths[i] for i in group])
+        tokens += packed.num_tokens
+        depth += int((packed.position_ids_N + 1).sum())
+    return tokens, depth / sum(n * (n + 1) / 2 for n in lengths)
 
 
 def main() -> None:
@@ -246,7 +250,7 @@ def main() -> None:
     for batch in args.batch:
         rows = quickstart_rows() if batch == "quickstart" else searchr1_rows()
         row_tokens = int(rows.attention_mask_BT.sum())
-        distinct = distinct_tokens(rows, optim.packed_micro_batch_tokens)
+        distinct, attention_ratio = distinct_work(rows, optim.packed_micro_batch_tokens)
         result = measure(args, rows)
         limit = 1.15 * distinct / row_tokens * result["per_row_s"]
         record = {
@@ -258,6 +262,7 @@ def main() -> None:
             "rows": int(rows.input_ids_BT.shape[0]),
             "row_tokens": row_tokens,
             "distinct_tokens": distinct,
+            "attention_ratio": round(attention_ratio, 4),
             "work": "logprobs" if args.logprobs_only else "logprobs+update",
             **{k: round(v, 3) for k, v in sorted(result.items())},
             "target_s": round(limit, 3),
