@@ -4,9 +4,12 @@ training model's current weights, and no worker outlives its run, an error or a 
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -218,3 +221,41 @@ def test_auto_is_one_worker_per_usable_core_and_more_than_one_needs_the_cpu(tmp_
     assert worker_count(on_gpu) == 1
     with pytest.raises(ConfigError, match="needs the model on the CPU"):
         worker_count(load_config("at2po", ["model.device=cuda", "train.rollout_workers=2"]))
+
+
+_WORKERS_IN_A_SCRIPT = """
+import json, sys
+from pathlib import Path
+from at2po.train.config import load_config
+from at2po.train.policy import load_model, load_tokenizer
+from at2po.train.rollout_workers import RolloutWorkers
+from at2po.train.task import build_task
+
+def main():
+    cfg = load_config("at2po", json.loads(sys.argv[1]))
+    policy = Path(sys.argv[2])
+    model, tokenizer = load_model(policy, cfg.model), load_tokenizer(policy)
+    examples = build_task(cfg.task).split("train")[:2]
+    with RolloutWorkers.start(model, tokenizer, cfg, 2) as workers:
+        workers.rollout(examples, cfg.rollout.to_rollout_config())
+
+if __name__ == "__main__":
+    main()
+"""
+
+
+def test_workers_leave_no_semaphore_for_the_resource_tracker(tiny_policy_dir, tmp_path):
+    """Workers end with os._exit: a multiprocessing lock of theirs (tqdm's default) would make the
+    trainer's process warn about leaked semaphores when it exits."""
+    script = tmp_path / "workers.py"
+    script.write_text(_WORKERS_IN_A_SCRIPT)
+    overrides = [*fast_overrides(tiny_policy_dir, tmp_path / "run"), "train.prompts_per_step=2"]
+    done = subprocess.run(
+        [sys.executable, str(script), json.dumps(overrides), str(tiny_policy_dir)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "leaked semaphore" not in done.stderr

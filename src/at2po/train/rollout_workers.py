@@ -35,6 +35,7 @@ import contextlib
 import os
 import signal
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Sequence
@@ -44,6 +45,7 @@ from typing import Any, NoReturn
 
 import torch
 import torch.multiprocessing as mp
+from tqdm import tqdm
 
 from at2po.rollout.codec import Codec
 from at2po.rollout.config import RolloutConfig
@@ -213,6 +215,9 @@ def _serve(
     stop or until the trainer's end of the pipe closes; then :func:`_exit`."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(1)
+    # tqdm's default lock is a multiprocessing semaphore, which os._exit would leave behind for
+    # the trainer's resource tracker to warn about; a worker's bars need only a thread lock.
+    tqdm.set_lock(threading.RLock())
     try:
         env = build_task(cfg.task).env
         engine = build_engine(model, tokenizer, cfg.rollout)
