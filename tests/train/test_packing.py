@@ -270,3 +270,8 @@ def test_a_model_that_cannot_run_the_tree_attention_is_refused():
     sliding.config.sliding_window = 16
     with pytest.raises(ValueError, match="sliding-window"):
         check_tree_attention_support(sliding)
+    sliding.config.layer_types = ["sliding_attention", "full_attention"]
+    with pytest.raises(ValueError, match="sliding-window"):
+        check_tree_attention_support(sliding)
+    sliding.config.layer_types = ["full_attention", "full_attention"]  # a window set but unused
+    check_tree_attention_support(sliding)

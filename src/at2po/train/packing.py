@@ -252,8 +252,12 @@ def check_tree_attention_support(model: torch.nn.Module) -> None:
             f"tree packing needs a transformers model whose attention goes through "
             f"AttentionInterface; {type(model).__name__} does not: set optim.packing=false"
         )
-    layer_types = getattr(config, "layer_types", None) or []
-    if getattr(config, "sliding_window", None) or any("sliding" in t for t in layer_types):
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types is not None:  # per-layer kinds where the model declares them (Qwen, Gemma…)
+        sliding = any("sliding" in kind for kind in layer_types)
+    else:
+        sliding = bool(getattr(config, "sliding_window", None))
+    if sliding:
         raise ConfigError(
             "tree packing gives every layer the whole path as context, but this model has "
             "sliding-window attention layers; set optim.packing=false"
