@@ -39,15 +39,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM
 
 import at2po.train.logprobs as logprobs_module
 from at2po.core.losses import policy_loss_config
 from at2po.core.rows import Rows
-from at2po.models.registry import resolve_model
-from at2po.train.config import OptimConfig, load_config
+from at2po.train.config import ModelConfig, OptimConfig, load_config
 from at2po.train.logprobs import recompute_logprobs
 from at2po.train.packing import pack_rows, packed_micro_batches
+from at2po.train.policy import load_model, model_directory
 from at2po.train.update import UpdateBatch, policy_update
 
 MODES = ("per_row", "shared_prefix", "packed")
@@ -171,7 +170,8 @@ def run_mode(args: argparse.Namespace, rows_path: Path, mode: str) -> dict[str, 
     the best time of ``--repeats`` more (the first pass's own time when there are none)."""
     rows: Rows = torch.load(rows_path, weights_only=False)
     device = torch.device(args.device)
-    model = load_model(args.model, device)
+    model_cfg = ModelConfig(path=args.model, device=args.device)  # float32 on CPU, bf16 on CUDA
+    model = load_model(model_directory(model_cfg), model_cfg)
     optim, loss_cfg = OptimConfig(), policy_loss_config("turn")
     update = not args.logprobs_only
 
@@ -205,12 +205,6 @@ def measure(args: argparse.Namespace, rows: Rows) -> dict[str, float]:
             out[f"{mode}_s"] = child["s"]
             out[f"{mode}_peak_mb"] = child["peak_mb"]
     return out
-
-
-def load_model(name: str, device: torch.device) -> torch.nn.Module:
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    directory = resolve_model(name)
-    return AutoModelForCausalLM.from_pretrained(directory, dtype=dtype).to(device).eval()
 
 
 def distinct_work(rows: Rows, budget: int) -> tuple[int, float]:

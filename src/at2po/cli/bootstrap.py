@@ -78,49 +78,42 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def config_from_args(args: argparse.Namespace) -> Any:
-    """The default ``BootstrapConfig`` with the options that were given."""
+def _with_options(cfg: Any, args: argparse.Namespace, top: dict[str, Any]) -> Any:
+    """``cfg`` with the SFT options and the ``top`` fields that were given (not None)."""
     from dataclasses import replace
-
-    from at2po.models.bootstrap import BootstrapConfig
 
     def given(pairs: dict[str, Any]) -> dict[str, Any]:
         return {name: value for name, value in pairs.items() if value is not None}
 
-    cfg = BootstrapConfig()
     sft = given({"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr})
-    top = given(
-        {
-            "seed": args.seed,
-            "demo_worlds": args.demo_worlds,
-            "demos_per_world": args.demos_per_world,
-            "device": args.device,
-            "eval_questions": args.eval_questions,
-        }
-    )
-    return replace(cfg, sft=replace(cfg.sft, **sft), **top)
+    return replace(cfg, sft=replace(cfg.sft, **sft), **given(top))
+
+
+def config_from_args(args: argparse.Namespace) -> Any:
+    """The default ``BootstrapConfig`` with the options that were given."""
+    from at2po.models.bootstrap import BootstrapConfig
+
+    top = {
+        "seed": args.seed,
+        "demo_worlds": args.demo_worlds,
+        "demos_per_world": args.demos_per_world,
+        "device": args.device,
+        "eval_questions": args.eval_questions,
+    }
+    return _with_options(BootstrapConfig(), args, top)
 
 
 def game_config_from_args(args: argparse.Namespace) -> Any:
     """The default ``GameBootstrapConfig`` with the options that were given."""
-    from dataclasses import replace
-
     from at2po.models.game_bootstrap import GameBootstrapConfig
 
-    def given(pairs: dict[str, Any]) -> dict[str, Any]:
-        return {name: value for name, value in pairs.items() if value is not None}
-
-    cfg = GameBootstrapConfig()
-    sft = given({"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr})
-    top = given(
-        {
-            "seed": args.seed,
-            "demo_games": args.demo_games,
-            "device": args.device,
-            "eval_games": args.eval_questions,
-        }
-    )
-    return replace(cfg, sft=replace(cfg.sft, **sft), **top)
+    top = {
+        "seed": args.seed,
+        "demo_games": args.demo_games,
+        "device": args.device,
+        "eval_games": args.eval_questions,
+    }
+    return _with_options(GameBootstrapConfig(), args, top)
 
 
 def run_game(args: argparse.Namespace) -> int:

@@ -290,7 +290,8 @@ def packed_logprobs(
     grad mode.
     """
     check_tree_attention_support(model)
-    device = next(model.parameters()).device
+    weight = next(model.parameters())
+    device = weight.device
     batch, width = packed.index_BT.shape
     if int(start_B.min()) < 1:
         raise ValueError("start_B must be at least 1 (a row's first token has no log-prob)")
@@ -304,7 +305,7 @@ def packed_logprobs(
         logits = model(
             input_ids=packed.input_ids_N[None].to(device),
             position_ids=packed.position_ids_N[None].to(device),
-            tree_plan=packed.attention_plan(device, next(model.parameters()).dtype),
+            tree_plan=packed.attention_plan(device, weight.dtype),
             **keep,
         ).logits[0]
     z_PV = (logits if keep else logits[parents_P.to(device)]).float()
